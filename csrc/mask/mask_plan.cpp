@@ -1,0 +1,128 @@
+#include "mask/mask_plan.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <mutex>
+#include <tuple>
+
+namespace wtext {
+
+MaskPattern parse_pattern(const std::string& pattern) {
+  if (pattern == "bernoulli") return MaskPattern::kBernoulli;
+  if (pattern == "exact") return MaskPattern::kExact;
+  if (pattern == "nm") return MaskPattern::kNM;
+  TORCH_CHECK(false, "pattern must be one of 'bernoulli', 'exact', 'nm'; got pattern='", pattern, "'");
+}
+
+void check_mask_arguments(const at::Tensor& weight, double density, MaskPattern pattern, int64_t nm_n,
+                          int64_t nm_m) {
+  TORCH_CHECK(at::isFloatingType(weight.scalar_type()),
+              "weight must have a floating-point dtype (float64, float32, float16 or bfloat16); got weight.dtype=",
+              weight.scalar_type());
+  TORCH_CHECK(weight.dim() >= 2, "weight must have rank >= 2 ([out, in, ...]); got weight.dim()=", weight.dim(),
+              " with shape ", weight.sizes());
+  TORCH_CHECK(std::isfinite(density) && density > 0.0 && density <= 1.0, "density must be in (0, 1]; got density=",
+              density);
+  TORCH_CHECK(static_cast<uint64_t>(weight.numel()) < (1ULL << 32),
+              "weight must have fewer than 2^32 elements for masking; got weight.numel()=", weight.numel());
+  if (pattern == MaskPattern::kNM) {
+    TORCH_CHECK(nm_m >= 1 && nm_m <= 64, "nm M must be in [1, 64]; got M=", nm_m);
+    TORCH_CHECK(nm_n >= 1 && nm_n <= nm_m, "nm N must be in [1, M]; got N=", nm_n, " with M=", nm_m);
+    const int64_t reduction = weight.size(0) == 0 ? 0 : weight.numel() / weight.size(0);
+    TORCH_CHECK(reduction % nm_m == 0, "nm M must divide the reduction dimension (numel / shape[0] = ", reduction,
+                " for weight shape ", weight.sizes(), "); got M=", nm_m);
+  }
+}
+
+namespace {
+
+// floor(density * 2^32): multiplying by a power of two is exact in double, so the Python reference and this
+// code agree bit for bit.
+uint64_t bernoulli_threshold(double density) {
+  return static_cast<uint64_t>(std::floor(density * 4294967296.0));
+}
+
+// The number of elements an exact-count mask keeps: floor(density * numel + 0.5), computed in double.
+uint64_t exact_keep_count(double density, int64_t numel) {
+  return static_cast<uint64_t>(std::floor(density * static_cast<double>(numel) + 0.5));
+}
+
+// One past the k-th smallest rank key of a layer. Found with a selection over all numel keys; since it is a
+// pure function of (key, numel, k) it is computed once per process and cached (a few bytes per layer), so the
+// kernels afterwards evaluate exact-count masks as cheaply as Bernoulli ones, on any device, with no sync.
+uint64_t exact_count_threshold(uint64_t key, int64_t numel, uint64_t keep) {
+  static std::mutex cache_mutex;
+  static std::map<std::tuple<uint64_t, int64_t, uint64_t>, uint64_t> cache;
+  const auto cache_key = std::make_tuple(key, numel, keep);
+  {
+    std::lock_guard<std::mutex> lock(cache_mutex);
+    auto found = cache.find(cache_key);
+    if (found != cache.end()) return found->second;
+  }
+  uint64_t threshold = 0;
+  if (keep > 0) {
+    std::vector<uint64_t> rank_keys(static_cast<size_t>(numel));
+    for (int64_t i = 0; i < numel; ++i) rank_keys[i] = exact_rank_key(key, static_cast<uint64_t>(i));
+    auto kth = rank_keys.begin() + static_cast<std::ptrdiff_t>(keep - 1);
+    std::nth_element(rank_keys.begin(), kth, rank_keys.end());
+    // Rank keys are < 2^63, so one past the largest still fits.
+    threshold = *kth + 1;
+  }
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  cache.emplace(cache_key, threshold);
+  return threshold;
+}
+
+LayerMask make_layer_mask(uint64_t seed, int64_t layer, double density, MaskPattern pattern, int64_t numel) {
+  LayerMask mask;
+  mask.key = layer_key(seed, static_cast<uint64_t>(layer));
+  if (pattern == MaskPattern::kBernoulli) {
+    mask.threshold = bernoulli_threshold(density);
+  } else if (pattern == MaskPattern::kExact) {
+    mask.threshold = exact_count_threshold(mask.key, numel, exact_keep_count(density, numel));
+  }
+  return mask;
+}
+
+}  // namespace
+
+TiedMaskPlan plan_tied_masks(const at::Tensor& weight, at::IntArrayRef layers, int64_t seed, double density,
+                             const std::string& pattern, int64_t nm_n, int64_t nm_m, const std::string& mode) {
+  TORCH_CHECK(mode == "dense" || mode == "same" || mode == "multi",
+              "mode must be one of 'dense', 'same', 'multi'; got mode='", mode, "'");
+  const MaskPattern parsed = parse_pattern(pattern);
+  check_mask_arguments(weight, density, parsed, nm_n, nm_m);
+  TORCH_CHECK(!layers.empty(), "layers must name at least one layer; got an empty list");
+  for (int64_t layer : layers) {
+    TORCH_CHECK(layer >= 0, "layer must be >= 0; got layer=", layer);
+  }
+
+  TiedMaskPlan plan;
+  plan.pattern = mode == "dense" ? MaskPattern::kNone : parsed;
+  const int64_t numel = weight.numel();
+  const uint64_t seed_bits = static_cast<uint64_t>(seed);
+  // A same-mask model applies layer 0's mask at every application.
+  LayerMask shared;
+  if (mode == "same" && numel > 0) shared = make_layer_mask(seed_bits, 0, density, parsed, numel);
+
+  for (size_t start = 0; start < layers.size(); start += kMaxLayersPerLaunch) {
+    TiedMaskParams params;
+    params.numel = numel;
+    params.reduction = weight.size(0) == 0 ? 1 : std::max<int64_t>(1, numel / weight.size(0));
+    params.nm_n = static_cast<int>(nm_n);
+    params.nm_m = static_cast<int>(nm_m);
+    params.num_layers = static_cast<int>(std::min<size_t>(kMaxLayersPerLaunch, layers.size() - start));
+    for (int j = 0; j < params.num_layers; ++j) {
+      if (mode == "multi" && numel > 0) {
+        params.layers[j] = make_layer_mask(seed_bits, layers[start + j], density, parsed, numel);
+      } else if (mode == "same") {
+        params.layers[j] = shared;
+      }
+    }
+    plan.chunks.push_back(params);
+  }
+  return plan;
+}
+
+}  // namespace wtext

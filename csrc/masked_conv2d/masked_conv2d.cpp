@@ -1,0 +1,101 @@
+// Masked 2-d convolution: conv2d(x, W ⊙ M_layer) with the mask derived on the device, never stored.
+//
+// This first version materializes the masked weight (one small fused mask+cast kernel, directly in x's dtype and
+// layout) and hands it to the backend's convolution (cuDNN on CUDA, oneDNN/native on CPU). The forward and backward
+// are ops of their own, registered per dispatch key, so a direct implicit-GEMM kernel that applies the mask while
+// loading weight tiles can replace the CUDA registration without touching the schema or the Python side.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <array>
+#include <tuple>
+
+#include "tied_masked_weights/tied_masked_weights.h"
+
+namespace wtext {
+
+namespace {
+
+// The one rule for the layout of outputs and gradients; wtext/ops/fake.py mirrors it for the fake kernels.
+at::MemoryFormat layer_memory_format(const at::Tensor& x) {
+  const bool channels_last = x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous();
+  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+void check_conv_arguments(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  check_layer_inputs("masked_conv2d", x, weight, bias);
+  TORCH_CHECK(x.dim() == 4, "masked_conv2d: x must have shape [N, C, H, W]; got x.shape=", x.sizes());
+  TORCH_CHECK(weight.dim() == 4, "masked_conv2d: weight must have shape [out, in, kh, kw]; got weight.shape=",
+              weight.sizes());
+  TORCH_CHECK(x.size(1) == weight.size(1), "masked_conv2d: x has C=", x.size(1), " channels but weight expects in=",
+              weight.size(1), " (weight.shape=", weight.sizes(), ", x.shape=", x.sizes(), "; groups=1 only)");
+  TORCH_CHECK(stride.size() == 2 && stride[0] >= 1 && stride[1] >= 1, "masked_conv2d: stride must be two ints >= 1; got stride=", stride);
+  TORCH_CHECK(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0, "masked_conv2d: padding must be two ints >= 0; got padding=", padding);
+  TORCH_CHECK(dilation.size() == 2 && dilation[0] >= 1 && dilation[1] >= 1, "masked_conv2d: dilation must be two ints >= 1; got dilation=", dilation);
+  for (int d = 0; d < 2; ++d) {
+    const int64_t extent = x.size(2 + d) + 2 * padding[d] - dilation[d] * (weight.size(2 + d) - 1);
+    TORCH_CHECK(extent >= 1, "masked_conv2d: the padded input (", x.size(2 + d), " + 2*", padding[d],
+                ") is smaller than the dilated kernel (", dilation[d] * (weight.size(2 + d) - 1) + 1,
+                ") along spatial dimension ", d, "; x.shape=", x.sizes(), ", weight.shape=", weight.sizes());
+  }
+}
+
+at::Tensor effective_conv_weight(const at::Tensor& x, const at::Tensor& weight, int64_t seed, int64_t layer,
+                                 double density, c10::string_view pattern, int64_t nm_n, int64_t nm_m) {
+  // Matching x's layout avoids a weight reorder inside the convolution backend.
+  return masked_weight(weight, seed, layer, density, std::string(pattern), nm_n, nm_m, x.scalar_type())
+      .contiguous(layer_memory_format(x));
+}
+
+at::Tensor masked_conv2d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                         int64_t seed, int64_t layer, double density, c10::string_view pattern, int64_t nm_n,
+                         int64_t nm_m, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  check_conv_arguments(x, weight, bias, stride, padding, dilation);
+  const at::Tensor w = effective_conv_weight(x, weight, seed, layer, density, pattern, nm_n, nm_m);
+  std::optional<at::Tensor> b;
+  if (bias.has_value()) b = bias->to(x.scalar_type());
+  return at::conv2d(x, w, b, stride, padding, dilation, 1).contiguous(layer_memory_format(x));
+}
+
+std::tuple<at::Tensor, at::Tensor> masked_conv2d_backward(const at::Tensor& grad_out, const at::Tensor& x,
+                                                          const at::Tensor& weight, int64_t seed, int64_t layer,
+                                                          double density, c10::string_view pattern, int64_t nm_n,
+                                                          int64_t nm_m, at::IntArrayRef stride, at::IntArrayRef padding,
+                                                          at::IntArrayRef dilation) {
+  check_conv_arguments(x, weight, std::nullopt, stride, padding, dilation);
+  const at::MemoryFormat format = layer_memory_format(x);
+  const at::Tensor w = effective_conv_weight(x, weight, seed, layer, density, pattern, nm_n, nm_m);
+  const std::array<int64_t, 2> no_output_padding{0, 0};
+  auto [grad_x, grad_w, unused_grad_bias] = at::convolution_backward(
+      grad_out.to(x.scalar_type()).contiguous(format), x, w, std::nullopt, stride, padding, dilation,
+      /*transposed=*/false, no_output_padding, /*groups=*/1, {true, true, false});
+  const at::Tensor grad_weight =
+      mask_weight_gradient(grad_w, weight, seed, layer, density, std::string(pattern), nm_n, nm_m);
+  return {grad_x.contiguous(format), grad_weight};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(wtext, m) {
+  m.def(
+      "masked_conv2d(Tensor x, Tensor weight, Tensor? bias, int seed, int layer, float density, str pattern, "
+      "int nm_n, int nm_m, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
+  m.def(
+      "masked_conv2d_backward(Tensor grad_out, Tensor x, Tensor weight, int seed, int layer, float density, "
+      "str pattern, int nm_n, int nm_m, int[2] stride, int[2] padding, int[2] dilation) -> (Tensor, Tensor)");
+}
+
+// The body only calls other ops, so one implementation serves every backend; a CUDA-specific fused kernel would
+// replace the CUDA registration below.
+TORCH_LIBRARY_IMPL(wtext, CPU, m) {
+  m.impl("masked_conv2d", &masked_conv2d);
+  m.impl("masked_conv2d_backward", &masked_conv2d_backward);
+}
+
+TORCH_LIBRARY_IMPL(wtext, CUDA, m) {
+  m.impl("masked_conv2d", &masked_conv2d);
+  m.impl("masked_conv2d_backward", &masked_conv2d_backward);
+}
+
+}  // namespace wtext

@@ -1,0 +1,68 @@
+// Masked linear layer: x @ (W ⊙ M_layer)^T + b with the mask derived on the device, never stored.
+// Like masked_conv2d, this version materializes the masked weight once (fused mask+cast) and calls the backend
+// GEMM; its registration per dispatch key leaves room for a fused CUDA kernel.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "tied_masked_weights/tied_masked_weights.h"
+
+namespace wtext {
+
+namespace {
+
+void check_linear_arguments(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  check_layer_inputs("masked_linear", x, weight, bias);
+  TORCH_CHECK(weight.dim() == 2, "masked_linear: weight must have shape [out, in]; got weight.shape=", weight.sizes());
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1), "masked_linear: x's last dimension must equal in=",
+              weight.size(1), " (weight.shape=", weight.sizes(), "); got x.shape=", x.sizes());
+}
+
+at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                         int64_t seed, int64_t layer, double density, c10::string_view pattern, int64_t nm_n,
+                         int64_t nm_m) {
+  check_linear_arguments(x, weight, bias);
+  const at::Tensor w = masked_weight(weight, seed, layer, density, std::string(pattern), nm_n, nm_m, x.scalar_type());
+  std::optional<at::Tensor> b;
+  if (bias.has_value()) b = bias->to(x.scalar_type());
+  return at::linear(x, w, b).contiguous();
+}
+
+std::tuple<at::Tensor, at::Tensor> masked_linear_backward(const at::Tensor& grad_out, const at::Tensor& x,
+                                                          const at::Tensor& weight, int64_t seed, int64_t layer,
+                                                          double density, c10::string_view pattern, int64_t nm_n,
+                                                          int64_t nm_m) {
+  check_linear_arguments(x, weight, std::nullopt);
+  const at::Tensor w = masked_weight(weight, seed, layer, density, std::string(pattern), nm_n, nm_m, x.scalar_type());
+  const at::Tensor grad_rows = grad_out.to(x.scalar_type()).reshape({-1, weight.size(0)});
+  const at::Tensor x_rows = x.reshape({-1, weight.size(1)});
+  const at::Tensor grad_x = at::mm(grad_rows, w).reshape(x.sizes());
+  const at::Tensor grad_w = at::mm(grad_rows.t(), x_rows);
+  const at::Tensor grad_weight =
+      mask_weight_gradient(grad_w, weight, seed, layer, density, std::string(pattern), nm_n, nm_m);
+  return {grad_x.contiguous(), grad_weight};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(wtext, m) {
+  m.def(
+      "masked_linear(Tensor x, Tensor weight, Tensor? bias, int seed, int layer, float density, str pattern, "
+      "int nm_n, int nm_m) -> Tensor");
+  m.def(
+      "masked_linear_backward(Tensor grad_out, Tensor x, Tensor weight, int seed, int layer, float density, "
+      "str pattern, int nm_n, int nm_m) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(wtext, CPU, m) {
+  m.impl("masked_linear", &masked_linear);
+  m.impl("masked_linear_backward", &masked_linear_backward);
+}
+
+TORCH_LIBRARY_IMPL(wtext, CUDA, m) {
+  m.impl("masked_linear", &masked_linear);
+  m.impl("masked_linear_backward", &masked_linear_backward);
+}
+
+}  // namespace wtext

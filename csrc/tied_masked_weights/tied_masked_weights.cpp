@@ -1,0 +1,124 @@
+// Schemas of the mask ops and their device-independent bodies.
+#include "tied_masked_weights/tied_masked_weights.h"
+
+#include <torch/library.h>
+
+#include <vector>
+
+namespace wtext {
+
+namespace {
+
+std::vector<int64_t> stacked_shape(int64_t num_layers, at::IntArrayRef weight_shape) {
+  std::vector<int64_t> shape{num_layers};
+  shape.insert(shape.end(), weight_shape.begin(), weight_shape.end());
+  return shape;
+}
+
+}  // namespace
+
+at::Tensor mask_op(const TiedMaskKernels& kernels, const at::Tensor& like, int64_t seed, int64_t layer, double density,
+                   const std::string& pattern, int64_t nm_n, int64_t nm_m) {
+  const std::vector<int64_t> layers{layer};
+  const TiedMaskPlan plan = plan_tied_masks(like, layers, seed, density, pattern, nm_n, nm_m, "multi");
+  at::Tensor out = at::empty(like.sizes(), like.options().memory_format(at::MemoryFormat::Contiguous));
+  if (out.numel() > 0) kernels.forward(plan.chunks[0], plan.pattern, at::Tensor(), out);
+  return out;
+}
+
+at::Tensor tied_masked_weights_op(const TiedMaskKernels& kernels, const at::Tensor& weight, at::IntArrayRef layers,
+                                  int64_t seed, double density, const std::string& pattern, int64_t nm_n, int64_t nm_m,
+                                  const std::string& mode, std::optional<at::ScalarType> dtype) {
+  const TiedMaskPlan plan = plan_tied_masks(weight, layers, seed, density, pattern, nm_n, nm_m, mode);
+  const at::ScalarType out_dtype = dtype.value_or(weight.scalar_type());
+  TORCH_CHECK(at::isFloatingType(out_dtype), "dtype must be a floating-point dtype; got dtype=", out_dtype);
+  // The mask is defined on the logical row-major element order, so kernels read a contiguous weight.
+  const at::Tensor weight_rowmajor = weight.contiguous();
+  at::Tensor out = at::empty(stacked_shape(static_cast<int64_t>(layers.size()), weight.sizes()),
+                             weight.options().dtype(out_dtype));
+  if (weight.numel() == 0) return out;
+  int64_t start = 0;
+  for (const TiedMaskParams& chunk : plan.chunks) {
+    kernels.forward(chunk, plan.pattern, weight_rowmajor, out.narrow(0, start, chunk.num_layers));
+    start += chunk.num_layers;
+  }
+  return out;
+}
+
+at::Tensor tied_masked_weights_backward_op(const TiedMaskKernels& kernels, const at::Tensor& grad,
+                                           const at::Tensor& weight, at::IntArrayRef layers, int64_t seed,
+                                           double density, const std::string& pattern, int64_t nm_n, int64_t nm_m,
+                                           const std::string& mode) {
+  TORCH_CHECK(grad.device() == weight.device(), "grad and weight must be on the same device; got grad.device=",
+              grad.device(), " and weight.device=", weight.device());
+  TORCH_CHECK(at::isFloatingType(grad.scalar_type()), "grad must have a floating-point dtype; got grad.dtype=",
+              grad.scalar_type());
+  const auto expected = stacked_shape(static_cast<int64_t>(layers.size()), weight.sizes());
+  TORCH_CHECK(grad.sizes() == at::IntArrayRef(expected), "grad must have shape [len(layers), *weight.shape] = ",
+              at::IntArrayRef(expected), "; got grad.shape=", grad.sizes());
+  const TiedMaskPlan plan = plan_tied_masks(weight, layers, seed, density, pattern, nm_n, nm_m, mode);
+  const at::Tensor grad_rowmajor = grad.contiguous();
+  at::Tensor grad_weight = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
+  if (weight.numel() == 0) return grad_weight;
+  int64_t start = 0;
+  for (const TiedMaskParams& chunk : plan.chunks) {
+    kernels.backward(chunk, plan.pattern, grad_rowmajor.narrow(0, start, chunk.num_layers), grad_weight,
+                     /*accumulate=*/start > 0);
+    start += chunk.num_layers;
+  }
+  return grad_weight;
+}
+
+TORCH_LIBRARY_FRAGMENT(wtext, m) {
+  m.def("mask(Tensor like, int seed, int layer, float density, str pattern, int nm_n, int nm_m) -> Tensor");
+  m.def(
+      "tied_masked_weights(Tensor weight, int[] layers, int seed, float density, str pattern, int nm_n, int nm_m, "
+      "str mode, ScalarType? dtype=None) -> Tensor");
+  m.def(
+      "tied_masked_weights_backward(Tensor grad, Tensor weight, int[] layers, int seed, float density, str pattern, "
+      "int nm_n, int nm_m, str mode) -> Tensor");
+}
+
+}  // namespace wtext
+
+namespace wtext {
+
+at::Tensor masked_weight(const at::Tensor& weight, int64_t seed, int64_t layer, double density,
+                         const std::string& pattern, int64_t nm_n, int64_t nm_m, at::ScalarType dtype) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("wtext::tied_masked_weights", "")
+                       .typed<at::Tensor(const at::Tensor&, at::IntArrayRef, int64_t, double, c10::string_view, int64_t,
+                                         int64_t, c10::string_view, std::optional<at::ScalarType>)>();
+  const int64_t layers[1] = {layer};
+  return op.call(weight, layers, seed, density, pattern, nm_n, nm_m, "multi", dtype).select(0, 0);
+}
+
+at::Tensor mask_weight_gradient(const at::Tensor& grad_effective_weight, const at::Tensor& weight, int64_t seed,
+                                int64_t layer, double density, const std::string& pattern, int64_t nm_n,
+                                int64_t nm_m) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("wtext::tied_masked_weights_backward", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef, int64_t, double,
+                                         c10::string_view, int64_t, int64_t, c10::string_view)>();
+  const int64_t layers[1] = {layer};
+  return op.call(grad_effective_weight.unsqueeze(0), weight, layers, seed, density, pattern, nm_n, nm_m, "multi");
+}
+
+void check_layer_inputs(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                        const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must have a floating-point dtype; got x.dtype=",
+              x.scalar_type());
+  TORCH_CHECK(x.device() == weight.device(), op, ": x and weight must be on the same device; got x.device=",
+              x.device(), " and weight.device=", weight.device());
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->device() == weight.device(), op,
+                ": bias and weight must be on the same device; got bias.device=", bias->device(),
+                " and weight.device=", weight.device());
+    TORCH_CHECK(at::isFloatingType(bias->scalar_type()), op, ": bias must have a floating-point dtype; got bias.dtype=",
+                bias->scalar_type());
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op,
+                ": bias must have shape [out] = [", weight.size(0), "]; got bias.shape=", bias->sizes());
+  }
+}
+
+}  // namespace wtext

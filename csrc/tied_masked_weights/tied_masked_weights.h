@@ -1,0 +1,79 @@
+// Device-independent bodies of the mask ops: argument checks, output allocation, chunking over layers.
+// Each backend supplies only the element loops (TiedMaskKernels) and registers the ops for its dispatch key.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <string>
+
+#include "mask/mask_plan.h"
+
+namespace wtext {
+
+struct TiedMaskKernels {
+  // out[j, i] = keep_j(i) ? weight[i] : 0 for the params' layers j, cast to out's dtype.
+  // An undefined weight means "write the mask itself" (1 where kept).
+  void (*forward)(const TiedMaskParams& params, MaskPattern pattern, const at::Tensor& weight, const at::Tensor& out);
+  // grad_weight[i] (+)= sum_j keep_j(i) ? grad[j, i] : 0, summed in the op-math type of grad.
+  void (*backward)(const TiedMaskParams& params, MaskPattern pattern, const at::Tensor& grad,
+                   const at::Tensor& grad_weight, bool accumulate);
+};
+
+at::Tensor mask_op(const TiedMaskKernels& kernels, const at::Tensor& like, int64_t seed, int64_t layer, double density,
+                   const std::string& pattern, int64_t nm_n, int64_t nm_m);
+
+at::Tensor tied_masked_weights_op(const TiedMaskKernels& kernels, const at::Tensor& weight, at::IntArrayRef layers,
+                                  int64_t seed, double density, const std::string& pattern, int64_t nm_n, int64_t nm_m,
+                                  const std::string& mode, std::optional<at::ScalarType> dtype);
+
+at::Tensor tied_masked_weights_backward_op(const TiedMaskKernels& kernels, const at::Tensor& grad,
+                                           const at::Tensor& weight, at::IntArrayRef layers, int64_t seed,
+                                           double density, const std::string& pattern, int64_t nm_n, int64_t nm_m,
+                                           const std::string& mode);
+
+}  // namespace wtext
+
+namespace wtext {
+
+// Registers the three mask ops for one dispatch key, bound to that backend's element loops.
+template <const TiedMaskKernels& kernels>
+void register_tied_mask_ops(torch::Library& m) {
+  m.impl("mask", [](const at::Tensor& like, int64_t seed, int64_t layer, double density, c10::string_view pattern,
+                    int64_t nm_n, int64_t nm_m) {
+    return mask_op(kernels, like, seed, layer, density, std::string(pattern), nm_n, nm_m);
+  });
+  m.impl("tied_masked_weights",
+         [](const at::Tensor& weight, at::IntArrayRef layers, int64_t seed, double density, c10::string_view pattern,
+            int64_t nm_n, int64_t nm_m, c10::string_view mode, std::optional<at::ScalarType> dtype) {
+           return tied_masked_weights_op(kernels, weight, layers, seed, density, std::string(pattern), nm_n, nm_m,
+                                         std::string(mode), dtype);
+         });
+  m.impl("tied_masked_weights_backward",
+         [](const at::Tensor& grad, const at::Tensor& weight, at::IntArrayRef layers, int64_t seed, double density,
+            c10::string_view pattern, int64_t nm_n, int64_t nm_m, c10::string_view mode) {
+           return tied_masked_weights_backward_op(kernels, grad, weight, layers, seed, density, std::string(pattern),
+                                                  nm_n, nm_m, std::string(mode));
+         });
+}
+
+}  // namespace wtext
+
+namespace wtext {
+
+// W ⊙ M_layer written directly in `dtype`, through the dispatcher so the right backend runs. Used by the masked
+// conv/linear ops, which regenerate it in backward instead of saving it.
+at::Tensor masked_weight(const at::Tensor& weight, int64_t seed, int64_t layer, double density,
+                         const std::string& pattern, int64_t nm_n, int64_t nm_m, at::ScalarType dtype);
+
+// dW = grad_effective_weight ⊙ M_layer, in weight's dtype (the single-layer case of the fused reduction).
+at::Tensor mask_weight_gradient(const at::Tensor& grad_effective_weight, const at::Tensor& weight, int64_t seed,
+                                int64_t layer, double density, const std::string& pattern, int64_t nm_n,
+                                int64_t nm_m);
+
+// Checks shared by the masked layer ops: floating x, same device for x/weight/bias, bias of shape [out].
+void check_layer_inputs(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                        const std::optional<at::Tensor>& bias);
+
+}  // namespace wtext

@@ -1,0 +1,17 @@
+"""wtext's custom ops: seed-derived sparse masks applied to one shared weight for many tied layers."""
+
+from . import _extension  # noqa: F401  (registers the ops; must come first)
+from . import autograd, fake  # noqa: F401  (register fake kernels and autograd formulas)
+from ._extension import HAS_CUDA_KERNELS
+from .masked import DEFAULT_NM, MODES, PATTERNS, mask, masked_conv2d, masked_linear, tied_masked_weights
+
+__all__ = [
+    "DEFAULT_NM",
+    "HAS_CUDA_KERNELS",
+    "MODES",
+    "PATTERNS",
+    "mask",
+    "masked_conv2d",
+    "masked_linear",
+    "tied_masked_weights",
+]

@@ -1,0 +1,15 @@
+"""Loads the compiled extension, which registers the ops under torch.ops.wtext."""
+
+import torch  # noqa: F401  (the extension links against torch's libraries, so torch must be loaded first)
+
+try:
+    from wtext import _C  # noqa: F401
+except ImportError as error:  # pragma: no cover - only reached on a broken install
+    raise ImportError(
+        "wtext's compiled extension wtext._C could not be loaded. Build it against the torch you run with:\n"
+        "    pip install --no-build-isolation .      (or: python setup.py build_ext --inplace)\n"
+        f"Original error: {error}"
+    ) from error
+
+# True when the extension holds CUDA kernels (built with a CUDA toolkit and a CUDA build of torch).
+HAS_CUDA_KERNELS = torch._C._dispatch_has_kernel_for_dispatch_key("wtext::tied_masked_weights", "CUDA")

@@ -1,0 +1,60 @@
+"""Fake (meta) kernels: output shapes, dtypes and layouts of every wtext op, so torch.compile can trace them.
+
+The layout rule mirrors layer_memory_format() in csrc/masked_conv2d/masked_conv2d.cpp: outputs and input
+gradients of a layer are channels_last exactly when x is channels_last-contiguous and not plain-contiguous.
+"""
+
+import torch
+
+from . import _extension  # noqa: F401  (the ops must be registered first)
+
+
+def layer_memory_format(x: torch.Tensor) -> torch.memory_format:
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+@torch.library.register_fake("wtext::mask")
+def _mask_fake(like, seed, layer, density, pattern, nm_n, nm_m):
+    return torch.empty(like.shape, dtype=like.dtype, device=like.device)
+
+
+@torch.library.register_fake("wtext::tied_masked_weights")
+def _tied_masked_weights_fake(weight, layers, seed, density, pattern, nm_n, nm_m, mode, dtype=None):
+    return weight.new_empty((len(layers), *weight.shape), dtype=dtype or weight.dtype)
+
+
+@torch.library.register_fake("wtext::tied_masked_weights_backward")
+def _tied_masked_weights_backward_fake(grad, weight, layers, seed, density, pattern, nm_n, nm_m, mode):
+    return weight.new_empty(weight.shape)
+
+
+def _conv_output_size(size, kernel, stride, padding, dilation):
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+@torch.library.register_fake("wtext::masked_conv2d")
+def _masked_conv2d_fake(x, weight, bias, seed, layer, density, pattern, nm_n, nm_m, stride, padding, dilation):
+    height, width = (
+        _conv_output_size(x.shape[2 + d], weight.shape[2 + d], stride[d], padding[d], dilation[d]) for d in range(2)
+    )
+    shape = (x.shape[0], weight.shape[0], height, width)
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layer_memory_format(x))
+
+
+@torch.library.register_fake("wtext::masked_conv2d_backward")
+def _masked_conv2d_backward_fake(grad_out, x, weight, seed, layer, density, pattern, nm_n, nm_m, stride, padding,
+                                 dilation):
+    grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=layer_memory_format(x))
+    return grad_x, weight.new_empty(weight.shape)
+
+
+@torch.library.register_fake("wtext::masked_linear")
+def _masked_linear_fake(x, weight, bias, seed, layer, density, pattern, nm_n, nm_m):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+@torch.library.register_fake("wtext::masked_linear_backward")
+def _masked_linear_backward_fake(grad_out, x, weight, seed, layer, density, pattern, nm_n, nm_m):
+    return x.new_empty(x.shape), weight.new_empty(weight.shape)
