@@ -2,8 +2,10 @@
 // weight is read once and every mask is regenerated from its hash instead of being stored.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "tied_masked_weights/tied_masked_weights.h"
@@ -44,14 +46,18 @@ __global__ void backward_kernel(const TiedMaskParams params, const grad_t* __res
 
 int grid_size(int64_t numel) {
   // Enough blocks to fill the GPU several times over; the grid-stride loop covers the rest.
-  const int64_t max_blocks = static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 32;
+  // (ATen/cuda/CUDAContext.h would give the SM count too, but it pulls in cuSPARSE/cuBLAS headers that a bare
+  // CUDA toolkit need not have.)
+  int multiprocessors = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, c10::cuda::current_device()));
+  const int64_t max_blocks = static_cast<int64_t>(multiprocessors) * 32;
   const int64_t needed = (numel + kThreads - 1) / kThreads;
   return static_cast<int>(std::max<int64_t>(1, std::min(needed, max_blocks)));
 }
 
 void forward_cuda(const TiedMaskParams& params, MaskPattern pattern, const at::Tensor& weight, const at::Tensor& out) {
   const c10::cuda::CUDAGuard guard(out.device());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::ScalarType in_type = weight.defined() ? weight.scalar_type() : out.scalar_type();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in_type, "tied_masked_weights_cuda", [&] {
     using in_t = scalar_t;
@@ -70,7 +76,7 @@ void forward_cuda(const TiedMaskParams& params, MaskPattern pattern, const at::T
 void backward_cuda(const TiedMaskParams& params, MaskPattern pattern, const at::Tensor& grad,
                    const at::Tensor& grad_weight, bool accumulate) {
   const c10::cuda::CUDAGuard guard(grad_weight.device());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "tied_masked_weights_backward_cuda", [&] {
     using grad_t = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_weight.scalar_type(), "tied_masked_weights_backward_cuda_w", [&] {

@@ -1,0 +1,164 @@
+"""masked_conv2d and masked_linear against PyTorch's conv2d/linear on W ⊙ M, forward and backward."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import wtext.ops as ops
+
+PATTERN_CASES = [("bernoulli", (2, 4)), ("exact", (2, 4)), ("nm", (1, 1))]
+
+
+def effective(weight, seed, layer, density, pattern, nm):
+    return weight * ops.mask(weight.shape, seed, layer, density, pattern, nm=nm, device=weight.device,
+                             dtype=weight.dtype)
+
+
+def conv_case(device, channels, out_channels, kernel, size, dtype=torch.float64, channels_last=False):
+    x = torch.randn(2, channels, size, size, device=device, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(out_channels, channels, kernel, kernel, device=device, dtype=dtype)
+    bias = torch.randn(out_channels, device=device, dtype=dtype)
+    return x.requires_grad_(), weight.requires_grad_(), bias.requires_grad_()
+
+
+def check_against_reference(ours, reference, inputs, rtol=None, atol=None):
+    out = ours(*inputs)
+    expected = reference(*inputs)
+    torch.testing.assert_close(out, expected, rtol=rtol, atol=atol)
+    grad = torch.randn_like(expected)
+    got_grads = torch.autograd.grad(out, inputs, grad)
+    expected_grads = torch.autograd.grad(expected, inputs, grad)
+    for got, want in zip(got_grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
+    return out
+
+
+@pytest.mark.parametrize("channels", [1, 3, 7, 129])
+@pytest.mark.parametrize("kernel,size,stride,padding,dilation", [
+    (1, 5, 1, 0, 1), (3, 8, 1, 1, 1), (5, 9, 2, 2, 1), (3, 1, 1, 1, 1), (3, 11, 2, 2, 2),
+])
+@pytest.mark.parametrize("pattern,nm", PATTERN_CASES)
+def test_masked_conv2d_equals_conv_of_masked_weight(device, channels, kernel, size, stride, padding, dilation,
+                                                    pattern, nm):
+    x, weight, bias = conv_case(device, channels, 5, kernel, size)
+
+    def ours(x, weight, bias):
+        return ops.masked_conv2d(x, weight, bias, 21, 3, 0.5, pattern, stride, padding, dilation, nm=nm)
+
+    def reference(x, weight, bias):
+        return F.conv2d(x, effective(weight, 21, 3, 0.5, pattern, nm), bias, stride, padding, dilation)
+
+    check_against_reference(ours, reference, (x, weight, bias))
+
+
+@pytest.mark.parametrize("channels,size", [(3, 8), (16, 6), (7, 1)])
+def test_masked_conv2d_channels_last_and_non_contiguous(device, channels, size):
+    x, weight, bias = conv_case(device, channels, 8, 3, size, dtype=torch.float32, channels_last=True)
+
+    def ours(x, weight, bias):
+        return ops.masked_conv2d(x, weight, bias, 2, 1, 0.5, "exact", 1, 1)
+
+    def reference(x, weight, bias):
+        return F.conv2d(x, effective(weight, 2, 1, 0.5, "exact", (2, 4)), bias, 1, 1)
+
+    out = check_against_reference(ours, reference, (x, weight, bias), rtol=1e-4, atol=1e-4)
+    if size > 1 and channels > 1:
+        assert out.is_contiguous(memory_format=torch.channels_last)
+
+    # A non-contiguous view of x (every other column).
+    wide = torch.randn(2, channels, size, 2 * size, device=device, requires_grad=True)
+    x_view = wide[..., ::2]
+    torch.testing.assert_close(ours(x_view, weight, bias), reference(x_view, weight, bias), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("pattern,nm", PATTERN_CASES)
+@pytest.mark.parametrize("x_shape", [(5, 12), (2, 3, 12), (1, 12)])
+def test_masked_linear_equals_linear_of_masked_weight(device, pattern, nm, x_shape):
+    x = torch.randn(x_shape, device=device, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(7, 12, device=device, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(7, device=device, dtype=torch.float64, requires_grad=True)
+
+    def ours(x, weight, bias):
+        return ops.masked_linear(x, weight, bias, 4, 2, 0.9, pattern, nm=nm)
+
+    def reference(x, weight, bias):
+        return F.linear(x, effective(weight, 4, 2, 0.9, pattern, nm), bias)
+
+    check_against_reference(ours, reference, (x, weight, bias))
+
+
+def test_linear_without_bias_and_non_contiguous_input(device):
+    x = torch.randn(12, 6, device=device, dtype=torch.float64).t().requires_grad_()  # [6, 12], non-contiguous
+    weight = torch.randn(5, 12, device=device, dtype=torch.float64, requires_grad=True)
+    check_against_reference(lambda x, w: ops.masked_linear(x, w, None, 1, 0, 0.5),
+                            lambda x, w: F.linear(x, effective(w, 1, 0, 0.5, "bernoulli", (2, 4))), (x, weight))
+
+
+@pytest.mark.parametrize("activation_dtype", [torch.bfloat16, torch.float16])
+def test_float32_master_weight_with_low_precision_activations(device, activation_dtype):
+    if device.type == "cpu" and activation_dtype == torch.float16:
+        pytest.skip("float16 convolution is a CUDA case")
+    x = torch.randn(2, 8, 6, 6, device=device, dtype=activation_dtype, requires_grad=True)
+    weight = torch.randn(4, 8, 3, 3, device=device, requires_grad=True)
+    bias = torch.randn(4, device=device, requires_grad=True)
+    out = ops.masked_conv2d(x, weight, bias, 3, 0, 0.5, padding=1)
+    assert out.dtype == activation_dtype
+    w_eff = effective(weight.detach(), 3, 0, 0.5, "bernoulli", (2, 4))
+    expected = F.conv2d(x.detach().float(), w_eff.to(activation_dtype).float(), bias.detach(), padding=1)
+    torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=5e-2)
+    out.float().sum().backward()
+    assert weight.grad.dtype == torch.float32 and bias.grad.dtype == torch.float32
+    assert x.grad.dtype == activation_dtype
+    mask = ops.mask(weight.shape, 3, 0, 0.5, device=device)
+    assert torch.all(weight.grad[mask == 0] == 0)
+
+
+def test_gradcheck_conv_and_linear(device):
+    x, weight, bias = conv_case(device, 3, 4, 3, 5)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: ops.masked_conv2d(x, w, b, 1, 2, 0.5, "exact", 2, 1), (x, weight, bias))
+    x = torch.randn(3, 8, device=device, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 8, device=device, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, device=device, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: ops.masked_linear(x, w, b, 1, 2, 0.5, "nm"), (x, w, b))
+
+
+def test_opcheck_conv_and_linear(device):
+    for channels_last in (False, True):
+        x, weight, bias = conv_case(device, 4, 6, 3, 7, dtype=torch.float32, channels_last=channels_last)
+        torch.library.opcheck(torch.ops.wtext.masked_conv2d.default,
+                              (x, weight, bias, 1, 0, 0.5, "bernoulli", 2, 4, [1, 1], [1, 1], [1, 1]))
+        torch.library.opcheck(torch.ops.wtext.masked_conv2d.default,
+                              (x, weight, None, 1, 3, 0.5, "nm", 2, 4, [2, 2], [0, 0], [1, 1]))
+        grad_out = torch.randn(2, 6, 7, 7, device=device)
+        torch.library.opcheck(torch.ops.wtext.masked_conv2d_backward.default,
+                              (grad_out, x.detach(), weight.detach(), 1, 0, 0.5, "exact", 2, 4, [1, 1], [1, 1], [1, 1]))
+    x = torch.randn(2, 3, 8, device=device, requires_grad=True)
+    w = torch.randn(4, 8, device=device, requires_grad=True)
+    b = torch.randn(4, device=device, requires_grad=True)
+    torch.library.opcheck(torch.ops.wtext.masked_linear.default, (x, w, b, 5, 1, 0.9, "bernoulli", 2, 4))
+    torch.library.opcheck(torch.ops.wtext.masked_linear_backward.default,
+                          (torch.randn(2, 3, 4, device=device), x.detach(), w.detach(), 5, 1, 0.9, "exact", 2, 4))
+
+
+def test_conv_and_linear_under_torch_compile(device):
+    x, weight, bias = conv_case(device, 4, 4, 3, 6, dtype=torch.float32)
+    w_lin = torch.randn(3, 4, device=device, requires_grad=True)
+
+    def net(x, weight, bias, w_lin):
+        z = x
+        for layer in range(3):  # one shared weight, a mask per application
+            z = torch.relu(ops.masked_conv2d(z, weight, bias, 9, layer, 0.5, "exact", 1, 1))
+        return ops.masked_linear(z.mean((2, 3)), w_lin, None, 9, 0, 0.5).sum()
+
+    inputs = (x, weight, bias, w_lin)
+    expected = net(*inputs)
+    expected_grads = torch.autograd.grad(expected, inputs)
+    compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
+    got = compiled(*inputs)
+    got_grads = torch.autograd.grad(got, inputs)
+    torch.testing.assert_close(got, expected)
+    for g, e in zip(got_grads, expected_grads):
+        torch.testing.assert_close(g, e)
