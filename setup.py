@@ -50,7 +50,8 @@ def cuda_requested() -> bool:
 def extension():
     with_cuda = cuda_requested()
     sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
-    cxx_flags = ["-O3"]
+    # -fopenmp: at::parallel_for is a header template; without it the CPU kernels would run on one thread.
+    cxx_flags = ["-O3", "-fopenmp"]
     nvcc_flags = ["-O3", "--use_fast_math", "-lineinfo"]
     if with_cuda:
         sources += sorted(glob.glob(os.path.join("csrc", "**", "*.cu"), recursive=True))
@@ -62,6 +63,7 @@ def extension():
             include_dirs=[os.path.join(ROOT, "csrc")],
             define_macros=[("WTEXT_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+            extra_link_args=["-fopenmp"],
         )
     print("wtext: building CPU kernels only (no CUDA build of torch or no CUDA_HOME, or WTEXT_CUDA=0)")
     return cpp_extension.CppExtension(
@@ -69,6 +71,7 @@ def extension():
         sources,
         include_dirs=[os.path.join(ROOT, "csrc")],
         extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=["-fopenmp"],
     )
 
 

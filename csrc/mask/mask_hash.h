@@ -65,7 +65,7 @@ WTEXT_HD bool keep_n_of_m(uint64_t key, uint64_t index, int64_t reduction, int n
   for (int j = 0; j < m; ++j) {
     const uint64_t other_index = group_start + j;
     const uint64_t other = element_hash(key, other_index);
-    smaller += (other < mine) || (other == mine && other_index < index);
+    smaller += (other < mine) | ((other == mine) & (other_index < index));  // branch-free
   }
   return smaller < n;
 }
