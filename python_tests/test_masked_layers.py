@@ -162,3 +162,28 @@ def test_conv_and_linear_under_torch_compile(device):
     torch.testing.assert_close(got, expected)
     for g, e in zip(got_grads, expected_grads):
         torch.testing.assert_close(g, e)
+
+
+def test_double_backward_conv_and_linear(device):
+    # Second derivatives are needed by Jacobian regularizers (Hutchinson estimates of ||J||_F through the cell).
+    x, weight, bias = conv_case(device, 3, 4, 3, 5)
+    assert torch.autograd.gradgradcheck(
+        lambda x, w, b: ops.masked_conv2d(x, w, b, 1, 2, 0.5, "exact", 1, 1), (x, weight, bias))
+    x = torch.randn(3, 8, device=device, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 8, device=device, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda x, w: ops.masked_linear(x, w, None, 1, 2, 0.5, "nm"), (x, w))
+
+
+def test_vector_jacobian_product_with_create_graph(device):
+    x, weight, _ = conv_case(device, 4, 4, 3, 6)
+    probe = torch.randn(2, 4, 6, 6, device=device, dtype=torch.float64)
+
+    def jacobian_penalty(conv):
+        out = conv(x, weight)
+        (vjp,) = torch.autograd.grad(out, x, probe, create_graph=True)
+        (grad_weight,) = torch.autograd.grad((vjp ** 2).sum(), weight)
+        return grad_weight
+
+    ours = jacobian_penalty(lambda x, w: ops.masked_conv2d(x, w, None, 3, 1, 0.5, padding=1))
+    reference = jacobian_penalty(lambda x, w: F.conv2d(x, effective(w, 3, 1, 0.5, "bernoulli", (2, 4)), padding=1))
+    torch.testing.assert_close(ours, reference)

@@ -110,3 +110,8 @@ def test_works_under_torch_compile(device):
     (got_grad,) = torch.autograd.grad(got, weight)
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(got_grad, expected_grad)
+
+
+def test_gradgradcheck(device):
+    weight = torch.randn(4, 6, device=device, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda w: ops.tied_masked_weights(w, 3, 5, 0.5, "exact") ** 2, (weight,))

@@ -50,3 +50,63 @@ torch.library.register_autograd(
 )
 torch.library.register_autograd("wtext::masked_conv2d", _conv_backward, setup_context=_layer_setup_context)
 torch.library.register_autograd("wtext::masked_linear", _linear_backward, setup_context=_layer_setup_context)
+
+
+# Backward ops are differentiable too, so double backward (e.g. the Jacobian-vector products of a DEQ's Jacobian
+# regularizer, or gradgradcheck) works. Each formula is again made of wtext ops:
+#   grad_x = conv_T(g, M⊙W), grad_W = M ⊙ corr(x, g)   (linear: g @ (M⊙W) and M ⊙ g^T x)
+# so, for incoming gradients gg_x and gg_W,
+#   d/dg = layer(gg_x, W) + layer(x, gg_W),  d/dx = backward(g, x, gg_W).grad_x,  d/dW = backward(g, gg_x, W).grad_W
+def _layer_backward_setup_context(ctx, inputs, output):
+    grad_out, x, weight, *ctx.layer_args = inputs
+    ctx.save_for_backward(grad_out, x, weight)
+
+
+def _double_backward(ctx, grad_grad_x, grad_grad_weight, forward_op, backward_op):
+    grad_out, x, weight = ctx.saved_tensors
+    args = ctx.layer_args
+    # forward ops take (x, weight, bias, *mask_args, *geometry); backward ops take (g, x, weight, *args).
+    mask_args, geometry = args[:6], args[6:]
+    d_grad_out = d_x = d_weight = None
+    if ctx.needs_input_grad[0]:
+        terms = []
+        if grad_grad_x is not None:
+            terms.append(forward_op(grad_grad_x, weight, None, *mask_args, *geometry))
+        if grad_grad_weight is not None:
+            terms.append(forward_op(x, grad_grad_weight, None, *mask_args, *geometry))
+        d_grad_out = sum(terms) if terms else None
+    if ctx.needs_input_grad[1] and grad_grad_weight is not None:
+        d_x = backward_op(grad_out, x, grad_grad_weight, *args)[0]
+    if ctx.needs_input_grad[2] and grad_grad_x is not None:
+        d_weight = backward_op(grad_out, grad_grad_x, weight, *args)[1]
+    return (d_grad_out, d_x, d_weight) + (None,) * len(args)
+
+
+def _conv_double_backward(ctx, grad_grad_x, grad_grad_weight):
+    return _double_backward(ctx, grad_grad_x, grad_grad_weight, torch.ops.wtext.masked_conv2d,
+                            torch.ops.wtext.masked_conv2d_backward)
+
+
+def _linear_double_backward(ctx, grad_grad_x, grad_grad_weight):
+    return _double_backward(ctx, grad_grad_x, grad_grad_weight, torch.ops.wtext.masked_linear,
+                            torch.ops.wtext.masked_linear_backward)
+
+
+# tied_masked_weights_backward(grad, weight, layers, seed, density, pattern, nm_n, nm_m, mode) is linear in grad:
+# its adjoint is the forward op applied to the incoming gradient.
+def _tied_backward_setup_context(ctx, inputs, output):
+    grad, weight, *ctx.mask_args = inputs
+    ctx.grad_dtype = grad.dtype
+
+
+def _tied_double_backward(ctx, grad_grad_weight):
+    d_grad = torch.ops.wtext.tied_masked_weights(grad_grad_weight, *ctx.mask_args, ctx.grad_dtype)
+    return (d_grad,) + (None,) * 8
+
+
+torch.library.register_autograd("wtext::masked_conv2d_backward", _conv_double_backward,
+                                setup_context=_layer_backward_setup_context)
+torch.library.register_autograd("wtext::masked_linear_backward", _linear_double_backward,
+                                setup_context=_layer_backward_setup_context)
+torch.library.register_autograd("wtext::tied_masked_weights_backward", _tied_double_backward,
+                                setup_context=_tied_backward_setup_context)
