@@ -187,3 +187,24 @@ def test_vector_jacobian_product_with_create_graph(device):
     ours = jacobian_penalty(lambda x, w: ops.masked_conv2d(x, w, None, 3, 1, 0.5, padding=1))
     reference = jacobian_penalty(lambda x, w: F.conv2d(x, effective(w, 3, 1, 0.5, "bernoulli", (2, 4)), padding=1))
     torch.testing.assert_close(ours, reference)
+
+
+def test_inductor_compiles_a_tied_masked_net():
+    # The default torch.compile backend (Inductor) treats the ops as opaque calls and must reproduce eager results.
+    x, weight, bias = conv_case("cpu", 4, 4, 3, 6, dtype=torch.float32)
+
+    def net(x, weight, bias):
+        stacked = ops.tied_masked_weights(weight, 3, 9, 0.5, "exact")
+        z = x
+        for layer in range(3):
+            z = torch.relu(z + ops.masked_conv2d(z, weight, bias, 9, layer, 0.5, "exact", 1, 1))
+        return z.square().mean() + stacked.square().mean()
+
+    inputs = (x, weight, bias)
+    expected = net(*inputs)
+    expected_grads = torch.autograd.grad(expected, inputs)
+    got = torch.compile(net, fullgraph=True)(*inputs)
+    got_grads = torch.autograd.grad(got, inputs)
+    torch.testing.assert_close(got, expected)
+    for g, e in zip(got_grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)

@@ -104,11 +104,23 @@ double time_ms(const Options& options, const std::function<void()>& fn) {
 
 }  // namespace
 
+int run(const Options& options);
+
 int main(int argc, char** argv) {
   const Options options = parse(argc, argv);
+  try {
+    return run(options);
+  } catch (const c10::Error& error) {
+    std::fprintf(stderr, "bench_masked_weights: %s\n", error.what_without_backtrace());
+    return 1;
+  }
+}
+
+int run(const Options& options) {
 #ifndef WTEXT_WITH_CUDA
   if (options.device == "cuda") usage("this binary was built without CUDA (configure with -DWTEXT_WITH_CUDA=ON)");
 #endif
+  if (options.device == "cuda" && !at::hasCUDA()) usage("--device cuda, but no CUDA device is visible");
   const auto device = options.device == "cuda" ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
   const auto float_options = at::TensorOptions().dtype(at::kFloat).device(device);
   const int64_t c = options.channels;
