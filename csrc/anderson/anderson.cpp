@@ -1,0 +1,70 @@
+// Schema and argument checks of anderson_step.
+//
+// anderson_step(x, fx, x_history, f_history, gram, step, lam, beta) -> x_next
+//   x, fx:      [B, d]     the current iterate and f(x)
+//   x_history:  [B, m, d]  ring buffer of iterates      (updated in place: slot step % m <- x)
+//   f_history:  [B, m, d]  ring buffer of f(iterates)   (updated in place: slot step % m <- fx)
+//   gram:       [B, m, m]  Gram matrix of the residuals f - x in the window (updated in place: only the newest
+//                          residual's row and column are recomputed, m dot products instead of m^2)
+//   x_next:     [B, d]     sum_i alpha_i (beta f_i + (1 - beta) x_i), alpha from anderson_solve.h
+// The residual norm of the newest iterate is sqrt(gram[:, step % m, step % m]) afterwards, so callers can track
+// convergence on the device without another reduction.
+#include "anderson/anderson.h"
+
+#include <torch/library.h>
+
+#include "anderson/anderson_solve.h"
+
+namespace wtext {
+
+AndersonStepParams check_anderson_step(const at::Tensor& x, const at::Tensor& fx, const at::Tensor& x_history,
+                                       const at::Tensor& f_history, const at::Tensor& gram, int64_t step, double lam,
+                                       double beta) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "anderson_step: x must be float32 or float64; got x.dtype=", x.scalar_type());
+  TORCH_CHECK(x.dim() == 2, "anderson_step: x must have shape [B, d]; got x.shape=", x.sizes());
+  TORCH_CHECK(x_history.dim() == 3 && x_history.size(0) == x.size(0) && x_history.size(2) == x.size(1),
+              "anderson_step: x_history must have shape [B, m, d] = [", x.size(0), ", m, ", x.size(1),
+              "]; got x_history.shape=", x_history.sizes());
+  const int64_t window = x_history.size(1);
+  TORCH_CHECK(window >= 1 && window <= kMaxAndersonWindow, "anderson_step: the window m must be in [1, ",
+              kMaxAndersonWindow, "]; got m=", window);
+  TORCH_CHECK(fx.sizes() == x.sizes(), "anderson_step: fx must have x's shape ", x.sizes(), "; got fx.shape=",
+              fx.sizes());
+  TORCH_CHECK(f_history.sizes() == x_history.sizes(), "anderson_step: f_history must have x_history's shape ",
+              x_history.sizes(), "; got f_history.shape=", f_history.sizes());
+  TORCH_CHECK(gram.dim() == 3 && gram.size(0) == x.size(0) && gram.size(1) == window && gram.size(2) == window,
+              "anderson_step: gram must have shape [B, m, m] = [", x.size(0), ", ", window, ", ", window,
+              "]; got gram.shape=", gram.sizes());
+  for (const at::Tensor* tensor : {&fx, &x_history, &f_history, &gram}) {
+    TORCH_CHECK(tensor->scalar_type() == x.scalar_type(), "anderson_step: all tensors must have x's dtype ",
+                x.scalar_type(), "; got ", tensor->scalar_type());
+    TORCH_CHECK(tensor->device() == x.device(), "anderson_step: all tensors must be on x's device ", x.device(),
+                "; got ", tensor->device());
+  }
+  for (const at::Tensor* tensor : {&x_history, &f_history, &gram}) {
+    TORCH_CHECK(tensor->is_contiguous(), "anderson_step: x_history, f_history and gram must be contiguous "
+                "(they are updated in place)");
+  }
+  TORCH_CHECK(step >= 0, "anderson_step: step must be >= 0; got step=", step);
+  TORCH_CHECK(lam >= 0 && std::isfinite(lam), "anderson_step: lam must be a finite number >= 0; got lam=", lam);
+  TORCH_CHECK(beta > 0 && beta <= 1, "anderson_step: beta must be in (0, 1]; got beta=", beta);
+
+  AndersonStepParams params;
+  params.batch = x.size(0);
+  params.dim = x.size(1);
+  params.window = window;
+  params.slot = step % window;
+  params.valid = std::min<int64_t>(step + 1, window);
+  params.lam = lam;
+  params.beta = beta;
+  return params;
+}
+
+TORCH_LIBRARY_FRAGMENT(wtext, m) {
+  m.def(
+      "anderson_step(Tensor x, Tensor fx, Tensor(a!) x_history, Tensor(b!) f_history, Tensor(c!) gram, int step, "
+      "float lam, float beta) -> Tensor");
+}
+
+}  // namespace wtext

@@ -1,0 +1,127 @@
+// CUDA kernels of anderson_step. Three launches on the current stream, no host synchronization, so a fixed-budget
+// solve loop can be captured in a CUDA graph:
+//   1. gram_update:  one block per (sample, window slot): the dot product of the newest residual with that slot's
+//                    residual (m reductions over d, not m^2); the block of the newest slot also writes the history.
+//   2. solve:        one thread per sample: the regularized (m x m) solve of anderson_solve.h, in double.
+//   3. mix:          one thread per element: x_next = sum_i alpha_i (beta f_i + (1 - beta) x_i).
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "anderson/anderson.h"
+#include "anderson/anderson_solve.h"
+
+namespace wtext {
+
+namespace {
+
+constexpr int kReduceThreads = 256;
+constexpr int kMixThreads = 256;
+
+template <typename scalar_t>
+__global__ void gram_update_kernel(const AndersonStepParams p, const scalar_t* __restrict__ x,
+                                   const scalar_t* __restrict__ fx, scalar_t* __restrict__ x_history,
+                                   scalar_t* __restrict__ f_history, scalar_t* __restrict__ gram) {
+  const int64_t b = blockIdx.y;
+  const int64_t i = blockIdx.x;  // window slot, < p.valid
+  const scalar_t* xb = x + b * p.dim;
+  const scalar_t* fb = fx + b * p.dim;
+  scalar_t* xh = x_history + b * p.window * p.dim;
+  scalar_t* fh = f_history + b * p.window * p.dim;
+  const bool newest = i == p.slot;
+  double partial = 0;
+  for (int64_t k = threadIdx.x; k < p.dim; k += blockDim.x) {
+    const double g = double(fb[k]) - double(xb[k]);
+    const double other = newest ? g : double(fh[i * p.dim + k]) - double(xh[i * p.dim + k]);
+    partial += g * other;
+    if (newest) {  // only this block touches slot p.slot, and the others never read it
+      xh[p.slot * p.dim + k] = xb[k];
+      fh[p.slot * p.dim + k] = fb[k];
+    }
+  }
+  __shared__ double warp_sums[kReduceThreads / 32];
+  for (int offset = 16; offset > 0; offset /= 2) partial += __shfl_down_sync(0xffffffff, partial, offset);
+  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = partial;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0;
+    for (int w = 0; w < kReduceThreads / 32; ++w) total += warp_sums[w];
+    scalar_t* gb = gram + b * p.window * p.window;
+    gb[p.slot * p.window + i] = static_cast<scalar_t>(total);
+    gb[i * p.window + p.slot] = static_cast<scalar_t>(total);
+  }
+}
+
+template <typename scalar_t>
+__global__ void solve_kernel(const AndersonStepParams p, const scalar_t* __restrict__ gram, double* __restrict__ alpha) {
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b >= p.batch) return;
+  double gram_window[kMaxAndersonWindow * kMaxAndersonWindow];
+  const scalar_t* gb = gram + b * p.window * p.window;
+  for (int64_t i = 0; i < p.valid; ++i) {
+    for (int64_t j = 0; j < p.valid; ++j) gram_window[i * p.valid + j] = double(gb[i * p.window + j]);
+  }
+  double weights[kMaxAndersonWindow];
+  anderson_weights<double>(gram_window, static_cast<int>(p.valid), static_cast<int>(p.valid), static_cast<int>(p.slot),
+                           p.lam, weights);
+  for (int64_t i = 0; i < p.valid; ++i) alpha[b * kMaxAndersonWindow + i] = weights[i];
+}
+
+template <typename scalar_t>
+__global__ void mix_kernel(const AndersonStepParams p, const scalar_t* __restrict__ x_history,
+                           const scalar_t* __restrict__ f_history, const double* __restrict__ alpha,
+                           scalar_t* __restrict__ x_next) {
+  const int64_t total = p.batch * p.dim;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
+    const int64_t b = e / p.dim;
+    const int64_t k = e % p.dim;
+    const scalar_t* xh = x_history + b * p.window * p.dim;
+    const scalar_t* fh = f_history + b * p.window * p.dim;
+    double mixed = 0;
+    for (int64_t i = 0; i < p.valid; ++i) {
+      mixed += alpha[b * kMaxAndersonWindow + i] *
+               (p.beta * double(fh[i * p.dim + k]) + (1 - p.beta) * double(xh[i * p.dim + k]));
+    }
+    x_next[e] = static_cast<scalar_t>(mixed);
+  }
+}
+
+at::Tensor anderson_step_cuda(const at::Tensor& x, const at::Tensor& fx, at::Tensor& x_history,
+                              at::Tensor& f_history, at::Tensor& gram, int64_t step, double lam, double beta) {
+  const AndersonStepParams params = check_anderson_step(x, fx, x_history, f_history, gram, step, lam, beta);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor x_c = x.contiguous();
+  const at::Tensor fx_c = fx.contiguous();
+  at::Tensor x_next = at::empty_like(x_c);
+  at::Tensor alpha = at::empty({params.batch, kMaxAndersonWindow}, x.options().dtype(at::kDouble));
+  if (params.batch == 0 || params.dim == 0) return x_next;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "anderson_step_cuda", [&] {
+    const dim3 gram_grid(static_cast<unsigned>(params.valid), static_cast<unsigned>(params.batch));
+    gram_update_kernel<scalar_t><<<gram_grid, kReduceThreads, 0, stream>>>(
+        params, x_c.const_data_ptr<scalar_t>(), fx_c.const_data_ptr<scalar_t>(), x_history.mutable_data_ptr<scalar_t>(),
+        f_history.mutable_data_ptr<scalar_t>(), gram.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const int solve_blocks = static_cast<int>((params.batch + 127) / 128);
+    solve_kernel<scalar_t><<<solve_blocks, 128, 0, stream>>>(params, gram.const_data_ptr<scalar_t>(),
+                                                             alpha.mutable_data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const int64_t elements = params.batch * params.dim;
+    const int mix_blocks = static_cast<int>(std::min<int64_t>((elements + kMixThreads - 1) / kMixThreads, 65535));
+    mix_kernel<scalar_t><<<mix_blocks, kMixThreads, 0, stream>>>(params, x_history.const_data_ptr<scalar_t>(),
+                                                                 f_history.const_data_ptr<scalar_t>(),
+                                                                 alpha.const_data_ptr<double>(),
+                                                                 x_next.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return x_next;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(wtext, CUDA, m) { m.impl("anderson_step", &anderson_step_cuda); }
+
+}  // namespace wtext

@@ -1,0 +1,47 @@
+"""Anderson acceleration, with its per-iteration work (Gram update, small solve, mixing) in wtext's kernels."""
+
+import torch
+
+from wtext.ops import _extension  # noqa: F401  (registers torch.ops.wtext.anderson_step)
+
+from .registry import register_solver
+from .tracking import ConvergenceTracker
+
+MAX_WINDOW = 16
+
+
+def check_anderson_options(m: int, lam: float, beta: float) -> None:
+    if not isinstance(m, int) or not 1 <= m <= MAX_WINDOW:
+        raise ValueError(f"anderson window m must be an int in [1, {MAX_WINDOW}]; got m={m!r}")
+    if not lam >= 0:
+        raise ValueError(f"anderson regularization lam must be >= 0; got lam={lam!r}")
+    if not 0 < beta <= 1:
+        raise ValueError(f"anderson damping beta must be in (0, 1]; got beta={beta!r}")
+
+
+@register_solver("anderson")
+def anderson(f, z0: torch.Tensor, *, max_iter: int, tol: float, stop_mode: str = "rel", record_steps=(),
+             divergence_ratio: float = 1e3, m: int = 5, lam: float = 1e-4, beta: float = 1.0):
+    """Anderson acceleration with window m, Tikhonov regularization lam (relative to the residual scale) and
+    damping beta. z0: [B, ...]; the solve runs in float32 (float64 if z0 is float64).
+
+    A singular or ill-conditioned least-squares system falls back to a plain step inside the kernel, never NaN.
+    Returns (lowest-residual iterate per sample, SolverStats).
+    """
+    check_anderson_options(m, lam, beta)
+    tracker = ConvergenceTracker(z0, max_iter, tol, stop_mode, divergence_ratio, record_steps)
+    shape, batch = z0.shape, z0.shape[0]
+    solve_dtype = torch.float64 if z0.dtype == torch.float64 else torch.float32
+    x_history = z0.new_zeros((batch, m, z0[0].numel()), dtype=solve_dtype)
+    f_history = torch.zeros_like(x_history)
+    gram = z0.new_zeros((batch, m, m), dtype=solve_dtype)
+    z = z0
+    for step in range(max_iter):
+        fz = f(z)
+        tracker.update(step, z, fz)
+        z_next = torch.ops.wtext.anderson_step(
+            z.reshape(batch, -1).to(solve_dtype), fz.reshape(batch, -1).to(solve_dtype),
+            x_history, f_history, gram, step, lam, beta,
+        )
+        z = tracker.keep_finished(z, z_next.view(shape).to(z0.dtype))
+    return tracker.finish()

@@ -1,0 +1,59 @@
+"""Limited-memory Broyden's (good) method on g(z) = f(z) - z, batched, with no host synchronization.
+
+The inverse Jacobian of g is kept as H = -I + U V^T (rank <= memory, a ring buffer): the first step is a plain
+fixed-point step, and each secant pair (s, y) adds the Sherman-Morrison correction
+    u = (s - H y) / (s^T H y),   v = H^T s.
+A pair whose denominator vanishes (e.g. a sample that has stopped) adds nothing.
+"""
+
+import torch
+
+from .registry import register_solver
+from .tracking import ConvergenceTracker
+
+
+def _apply(u, v, x, transpose=False):
+    """H x (or H^T x) for H = -I + U V^T; u, v: [B, k, d], x: [B, d]."""
+    if transpose:
+        u, v = v, u
+    return -x + torch.einsum("bkd,bk->bd", u, torch.einsum("bkd,bd->bk", v, x))
+
+
+@register_solver("broyden")
+def broyden(f, z0: torch.Tensor, *, max_iter: int, tol: float, stop_mode: str = "rel", record_steps=(),
+            divergence_ratio: float = 1e3, memory: int = 30):
+    """Limited-memory Broyden with `memory` secant pairs. z0: [B, ...].
+    Returns (lowest-residual iterate per sample, SolverStats)."""
+    if not isinstance(memory, int) or memory < 1:
+        raise ValueError(f"broyden memory must be an int >= 1; got memory={memory!r}")
+    tracker = ConvergenceTracker(z0, max_iter, tol, stop_mode, divergence_ratio, record_steps)
+    shape, batch = z0.shape, z0.shape[0]
+    dtype = torch.float64 if z0.dtype == torch.float64 else torch.float32
+    dim = z0[0].numel()
+    u = z0.new_zeros((batch, memory, dim), dtype=dtype)
+    v = torch.zeros_like(u)
+    z = z0.reshape(batch, -1).to(dtype)
+    fz = f(z0).reshape(batch, -1).to(dtype)
+    g = fz - z
+    for step in range(max_iter):
+        tracker.update(step, z.view(shape).to(z0.dtype), fz.view(shape).to(z0.dtype))
+        if step == max_iter - 1:
+            break
+        direction = -_apply(u, v, g)
+        z_new = tracker.keep_finished(z, z + direction)
+        fz_new = f(z_new.view(shape).to(z0.dtype)).reshape(batch, -1).to(dtype)
+        g_new = fz_new - z_new
+        s, y = z_new - z, g_new - g
+        slot = step % memory
+        u[:, slot] = 0  # the oldest pair leaves the window before the new one is computed against the rest
+        v[:, slot] = 0
+        h_y = _apply(u, v, y)
+        h_t_s = _apply(u, v, s, transpose=True)
+        denominator = (s * h_y).sum(1, keepdim=True)
+        scale = s.norm(dim=1, keepdim=True) * h_y.norm(dim=1, keepdim=True)
+        usable = denominator.abs() > 1e-12 * scale
+        safe = torch.where(usable, denominator, torch.ones_like(denominator))
+        u[:, slot] = torch.where(usable, (s - h_y) / safe, torch.zeros_like(s))
+        v[:, slot] = torch.where(usable, h_t_s, torch.zeros_like(s))
+        z, fz, g = z_new, fz_new, g_new
+    return tracker.finish()

@@ -1,0 +1,90 @@
+"""DEQ: a layer that returns the fixed point z* = cell(z*, x) of any cell, with a choice of solvers and gradients."""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import backward as gradients
+from .config import DEQConfig
+from .regularizers import jacobian_frobenius
+from .registry import get_solver
+from .tracking import SolverStats
+
+
+@dataclass
+class DEQOutput:
+    """z: the fixed point (with the configured gradient); stats: the forward solve's statistics;
+    jacobian_loss: the Hutchinson ||J||_F^2 estimate (0 unless jac_reg_weight > 0 and training; multiply by the
+    weight yourself or use `regularization`); correction_states: iterates of the forward solve with a phantom
+    gradient, earliest first (empty unless correction_points > 0); backward_stats: filled with the adjoint solve's
+    SolverStats when backward runs (implicit mode)."""
+
+    z: torch.Tensor
+    stats: SolverStats
+    jacobian_loss: torch.Tensor
+    regularization: torch.Tensor
+    correction_states: list[torch.Tensor] = field(default_factory=list)
+    backward_stats: list[SolverStats] = field(default_factory=list)
+
+
+class DEQ(nn.Module):
+    """Wraps a cell f(z, x) -> z' (an nn.Module or any callable) into a deep-equilibrium layer.
+
+    forward(x, z0=None): z0 defaults to cell.initial_state(x) when the cell has one, else zeros shaped like x.
+    """
+
+    def __init__(self, cell, config: DEQConfig | None = None):
+        super().__init__()
+        self.cell = cell
+        self.config = config or DEQConfig()
+
+    def initial_state(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self.cell, "initial_state"):
+            return self.cell.initial_state(x)
+        return torch.zeros_like(x)
+
+    def forward(self, x: torch.Tensor, z0: torch.Tensor | None = None) -> DEQOutput:
+        config = self.config
+
+        def f(z):
+            return self.cell(z, x)
+
+        z0 = self.initial_state(x) if z0 is None else z0
+        record_steps = self._correction_steps() if self.training else ()
+        with torch.no_grad():
+            z_star, stats = get_solver(config.f_solver)(
+                f, z0.detach(), max_iter=config.f_max_iter, tol=config.f_tol, stop_mode=config.f_stop_mode,
+                record_steps=record_steps, **config.solver_options(config.f_solver),
+            )
+        backward_stats: list[SolverStats] = []
+        if not torch.is_grad_enabled():
+            z = z_star
+        elif config.backward == "implicit":
+            options = dict(max_iter=config.b_max_iter, tol=config.b_tol, stop_mode=config.b_stop_mode,
+                           **config.solver_options(config.b_solver))
+            z = gradients.implicit(f, z_star, config.b_solver, options, backward_stats)
+        elif config.backward == "phantom":
+            z = gradients.phantom(f, z_star, config.phantom_steps, config.phantom_tau)
+        else:
+            z = gradients.one_step(f, z_star)
+
+        jacobian_loss = z_star.new_zeros((), dtype=torch.float32)
+        if self.training and config.jac_reg_weight > 0 and torch.is_grad_enabled():
+            z_probe = z_star.detach().requires_grad_()
+            jacobian_loss = jacobian_frobenius(f(z_probe), z_probe, config.jac_reg_vectors)
+        correction_states = [
+            gradients.phantom(f, stats.recorded[step], 1, config.phantom_tau) for step in sorted(stats.recorded)
+        ] if torch.is_grad_enabled() else []
+        return DEQOutput(z=z, stats=stats, jacobian_loss=jacobian_loss,
+                         regularization=config.jac_reg_weight * jacobian_loss,
+                         correction_states=correction_states, backward_stats=backward_stats)
+
+    def _correction_steps(self) -> tuple[int, ...]:
+        """Evenly spaced solver steps (before the last) whose iterates feed the fixed-point correction loss."""
+        points = self.config.correction_points
+        if points == 0:
+            return ()
+        steps = np.linspace(0, self.config.f_max_iter - 1, points + 1)[:-1]
+        return tuple(sorted({int(round(step)) for step in steps}))
