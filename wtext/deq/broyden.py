@@ -1,7 +1,7 @@
 """Limited-memory Broyden's (good) method on g(z) = f(z) - z, batched, with no host synchronization.
 
-The inverse Jacobian of g is kept as H = -I + U V^T (rank <= memory, a ring buffer): the first step is a plain
-fixed-point step, and each secant pair (s, y) adds the Sherman-Morrison correction
+The inverse Jacobian of g is kept as H = -I + U V^T (rank <= memory; when the memory is full, H restarts from -I):
+the first step is a plain fixed-point step, and each secant pair (s, y) adds the Sherman-Morrison correction
     u = (s - H y) / (s^T H y),   v = H^T s.
 A pair whose denominator vanishes (e.g. a sample that has stopped) adds nothing.
 """
@@ -45,8 +45,11 @@ def broyden(f, z0: torch.Tensor, *, max_iter: int, tol: float, stop_mode: str = 
         g_new = fz_new - z_new
         s, y = z_new - z, g_new - g
         slot = step % memory
-        u[:, slot] = 0  # the oldest pair leaves the window before the new one is computed against the rest
-        v[:, slot] = 0
+        if slot == 0:
+            # A full memory restarts from H = -I. Overwriting the oldest pair instead keeps a rank-deficient
+            # mixture of stale secants, which stalls and then blows up on ill-conditioned problems.
+            u.zero_()
+            v.zero_()
         h_y = _apply(u, v, y)
         h_t_s = _apply(u, v, s, transpose=True)
         denominator = (s * h_y).sum(1, keepdim=True)

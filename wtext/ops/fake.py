@@ -58,3 +58,8 @@ def _masked_linear_fake(x, weight, bias, seed, layer, density, pattern, nm_n, nm
 @torch.library.register_fake("wtext::masked_linear_backward")
 def _masked_linear_backward_fake(grad_out, x, weight, seed, layer, density, pattern, nm_n, nm_m):
     return x.new_empty(x.shape), weight.new_empty(weight.shape)
+
+
+@torch.library.register_fake("wtext::anderson_step")
+def _anderson_step_fake(x, fx, x_history, f_history, gram, step, lam, beta):
+    return x.new_empty(x.shape)

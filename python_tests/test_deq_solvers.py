@@ -1,0 +1,144 @@
+"""Fixed-point solvers on problems with known answers; per-sample stopping, divergence, NaN, configs, no syncs."""
+
+import pytest
+import torch
+
+from wtext import deq
+from forbid_sync import forbid_host_reads
+
+SOLVER_NAMES = ["fixed_point_iter", "anderson", "broyden"]
+
+
+def contractive_problem(device, dim=16, batch=4, norm=0.9, seed=0, symmetric_spectrum=None):
+    generator = torch.Generator().manual_seed(seed)
+    if symmetric_spectrum is None:
+        a = torch.randn(dim, dim, generator=generator, dtype=torch.float64)
+        a = norm * a / torch.linalg.matrix_norm(a, 2)
+    else:  # a symmetric map with a chosen spectrum: eigenvalues near 1 make plain iteration crawl
+        q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))
+        a = q @ torch.diag(symmetric_spectrum.to(torch.float64)) @ q.T
+    b = torch.randn(batch, dim, generator=generator, dtype=torch.float64)
+    fixed_point = torch.linalg.solve(torch.eye(dim, dtype=torch.float64) - a, b.T).T
+    a, b, fixed_point = a.to(device), b.to(device), fixed_point.to(device)
+    return (lambda z: z @ a.T + b), b, fixed_point
+
+
+@pytest.mark.parametrize("name", SOLVER_NAMES)
+def test_every_solver_reaches_the_closed_form_fixed_point(device, name):
+    f, b, fixed_point = contractive_problem(device)
+    z, stats = deq.get_solver(name)(f, torch.zeros_like(b), max_iter=300, tol=1e-10, stop_mode="abs")
+    assert stats.converged.all()
+    assert (stats.lowest <= 1e-10).all()
+    torch.testing.assert_close(z, fixed_point, rtol=0, atol=1e-8)
+    assert stats.trace.shape == (4, 300)
+
+
+def test_anderson_and_broyden_beat_plain_iteration_when_ill_conditioned(device):
+    spectrum = torch.linspace(0.0, 0.99, 32)
+    f, b, fixed_point = contractive_problem(device, dim=32, symmetric_spectrum=spectrum)
+    steps = {}
+    for name in SOLVER_NAMES:
+        z, stats = deq.get_solver(name)(f, torch.zeros_like(b), max_iter=400, tol=1e-9, stop_mode="rel")
+        steps[name] = stats.steps
+        if name != "fixed_point_iter":
+            assert stats.converged.all(), name
+            torch.testing.assert_close(z, fixed_point, rtol=0, atol=1e-5)  # error <= residual / (1 - 0.99)
+    assert (steps["anderson"] < steps["fixed_point_iter"]).all()
+    assert (steps["broyden"] < steps["fixed_point_iter"]).all()
+    assert steps["anderson"].max() < 150 and steps["broyden"].max() < 150
+
+
+@pytest.mark.parametrize("name", SOLVER_NAMES)
+def test_finished_samples_stop_changing(device, name):
+    f, b, _ = contractive_problem(device)
+    z0 = torch.zeros_like(b)
+    b[0] = 0  # sample 0 starts at its fixed point (z = 0)
+    z, stats = deq.get_solver(name)(f, z0, max_iter=50, tol=1e-9, stop_mode="abs")
+    assert stats.steps[0] == 1 and stats.steps[1:].min() > 1
+    assert torch.equal(z[0], torch.zeros_like(z[0]))
+    assert torch.isnan(stats.trace[0, 1:]).all() and not torch.isnan(stats.trace[1:, 0]).any()
+
+
+@pytest.mark.parametrize("name", SOLVER_NAMES)
+def test_no_host_synchronization_inside_the_solve(device, name):
+    f, b, _ = contractive_problem(device)
+    with forbid_host_reads():
+        z, stats = deq.get_solver(name)(f, torch.zeros_like(b), max_iter=30, tol=1e-8)
+    assert stats.steps.max() == 30 or stats.converged.all()
+
+
+def no_fixed_point(z):
+    return z * z + z + 1.0  # residual z^2 + 1 >= 1 everywhere: there is no fixed point to find
+
+
+@pytest.mark.parametrize("name", ["fixed_point_iter", "broyden"])
+def test_divergence_is_detected_and_reported(device, name):
+    z0 = torch.zeros(3, 5, device=device, dtype=torch.float64)
+    z, stats = deq.get_solver(name)(no_fixed_point, z0, max_iter=60, tol=1e-8, stop_mode="abs")
+    assert stats.diverged.all() and not stats.converged.any()
+    assert (stats.steps < 60).all()  # diverged samples stop early
+    assert torch.isfinite(z).all()  # the lowest-residual iterate is returned, not the exploded one
+
+
+@pytest.mark.parametrize("name", SOLVER_NAMES)
+def test_a_map_without_fixed_point_is_never_reported_converged(device, name):
+    z0 = torch.zeros(3, 5, device=device, dtype=torch.float64)
+    z, stats = deq.get_solver(name)(no_fixed_point, z0, max_iter=60, tol=1e-8, stop_mode="abs")
+    assert not stats.converged.any()
+    assert (stats.lowest >= 5 ** 0.5 - 1e-9).all()  # ||z^2 + 1|| >= sqrt(5) for 5 elements
+    assert torch.isfinite(z).all()
+
+
+@pytest.mark.parametrize("name", SOLVER_NAMES)
+def test_nan_input_is_reported_not_silently_propagated(device, name):
+    f, b, fixed_point = contractive_problem(device)
+    z0 = torch.zeros_like(b)
+    z0[2, 3] = float("nan")
+    z, stats = deq.get_solver(name)(f, z0, max_iter=200, tol=1e-9, stop_mode="abs")
+    assert stats.nonfinite.tolist() == [False, False, True, False]
+    assert stats.diverged[2] and not stats.converged[2]
+    keep = torch.tensor([0, 1, 3], device=device)
+    assert stats.converged[keep].all()
+    torch.testing.assert_close(z[keep], fixed_point[keep], rtol=0, atol=1e-7)
+
+
+def test_recorded_iterates(device):
+    f, b, _ = contractive_problem(device)
+    _, stats = deq.get_solver("anderson")(f, torch.zeros_like(b), max_iter=10, tol=1e-12, record_steps=(0, 4))
+    assert sorted(stats.recorded) == [0, 4]
+    assert torch.equal(stats.recorded[0], torch.zeros_like(b))
+
+
+def test_summary_is_plain_numbers(device):
+    f, b, _ = contractive_problem(device)
+    _, stats = deq.get_solver("anderson")(f, torch.zeros_like(b), max_iter=100, tol=1e-8)
+    summary = stats.summary()
+    assert summary["converged"] == 1.0 and 1 <= summary["steps"] <= 100
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("anderson_m", 0, r"anderson window m must be an int in \[1, 16\]; got m=0"),
+    ("f_tol", 0.0, r"f_tol must be > 0; got f_tol=0.0"),
+    ("b_tol", -1e-6, r"b_tol must be > 0; got b_tol=-1e-06"),
+    ("f_max_iter", 0, r"f_max_iter must be an int >= 1; got f_max_iter=0"),
+    ("f_solver", "newton", r"unknown solver 'newton'; registered solvers: anderson, broyden, fixed_point_iter"),
+    ("b_solver", "lbfgs", r"unknown solver 'lbfgs'"),
+    ("backward", "adjoint", r"backward must be one of"),
+    ("phantom_tau", 0.0, r"phantom_tau must be in \(0, 1\]; got phantom_tau=0.0"),
+    ("anderson_beta", 1.5, r"anderson damping beta must be in \(0, 1\]; got beta=1.5"),
+    ("broyden_memory", 0, r"broyden_memory must be an int >= 1"),
+    ("f_stop_mode", "max", r"f_stop_mode must be one of"),
+])
+def test_bad_config_names_the_option(option, value, message):
+    with pytest.raises(ValueError, match=message):
+        deq.DEQConfig(**{option: value})
+
+
+def test_bad_solver_arguments():
+    f, b, _ = contractive_problem("cpu")
+    with pytest.raises(ValueError, match=r"max_iter must be an int >= 1; got max_iter=0"):
+        deq.get_solver("anderson")(f, b, max_iter=0, tol=1e-3)
+    with pytest.raises(ValueError, match=r"tol must be > 0; got tol=0"):
+        deq.get_solver("broyden")(f, b, max_iter=5, tol=0)
+    with pytest.raises(ValueError, match=r"damping must be in \(0, 1\]"):
+        deq.get_solver("fixed_point_iter")(f, b, max_iter=5, tol=1e-3, damping=2.0)
