@@ -2,7 +2,7 @@
 # One script for a lent GPU machine (preinstalled torch, no package registry), run from the repository root:
 #     bash benchmarks/gpu_check.sh
 # It builds wtext against the machine's torch, runs the whole test suite (the CUDA tests run here, and only here),
-# the op benchmarks and the C++ benchmark, and ends with a short summary. Budget: under 8 minutes on an H100.
+# the op benchmarks, the DEQ benchmark and the C++ benchmark, and ends with a short summary. Budget: under 8 minutes on an H100.
 # Logs go to $OUT (the device tool's output folder) or ./gpu_check_out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,8 +27,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 step build 240 "$PYTHON" setup.py build_ext --inplace || { printf '%s\n' "${SUMMARY[@]}"; exit 1; }
-step tests 150 "$PYTHON" -m pytest python_tests -q -x -p no:cacheprovider
-step bench_ops 180 "$PYTHON" benchmarks/bench_ops.py --device cuda
+step tests 150 "$PYTHON" -m pytest python_tests -q --maxfail=10 -p no:cacheprovider
+step bench_ops 150 "$PYTHON" benchmarks/bench_ops.py --device cuda
+step bench_deq 120 "$PYTHON" benchmarks/bench_deq.py --device cuda
 step cmake_bench 150 bash -c "cmake -S . -B build-gpu -G Ninja -DWTEXT_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DCMAKE_CUDA_COMPILER=$CUDA_HOME/bin/nvcc -DPython_EXECUTABLE=$(command -v "$PYTHON") > /dev/null \
   && cmake --build build-gpu -j $MAX_JOBS > /dev/null && ./build-gpu/bench_masked_weights --device cuda"
@@ -38,3 +39,4 @@ echo "== summary (logs in $LOG_DIR)"
 printf '%s\n' "${SUMMARY[@]}"
 grep -h -E "passed|failed" "$LOG_DIR/tests.log" | tail -1
 grep -h -A6 -E "^workload A|^tied_masked_weights" "$LOG_DIR/bench_ops.log" 2>/dev/null
+grep -h -A4 -E "^workload B|^host reads" "$LOG_DIR/bench_deq.log" 2>/dev/null
