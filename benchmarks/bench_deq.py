@@ -141,6 +141,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda needs a visible GPU")
     torch.manual_seed(0)
     cell = ResidualCell(args.channels).to(device)
     x = torch.randn(args.batch, args.channels, args.size, args.size, device=device)

@@ -11,6 +11,7 @@ mkdir -p "$LOG_DIR"
 export WTEXT_CUDA=1 MAX_JOBS="${MAX_JOBS:-16}" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
 export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 PYTHON="${PYTHON:-python3}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # wtext is built in place, not installed
 declare -a SUMMARY=()
 
 step() {  # step NAME TIMEOUT_SECONDS COMMAND...: runs one stage, logs it, records pass/fail and its duration

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from . import backward as gradients
 from .config import DEQConfig
@@ -73,7 +74,10 @@ class DEQ(nn.Module):
         jacobian_loss = z_star.new_zeros((), dtype=torch.float32)
         if self.training and config.jac_reg_weight > 0 and torch.is_grad_enabled():
             z_probe = z_star.detach().requires_grad_()
-            jacobian_loss = jacobian_frobenius(f(z_probe), z_probe, config.jac_reg_vectors)
+            # The estimate is differentiated again by the loss; fused attention kernels have no double backward,
+            # so attention inside the cell falls back to its plain math form here.
+            with sdpa_kernel(SDPBackend.MATH):
+                jacobian_loss = jacobian_frobenius(f(z_probe), z_probe, config.jac_reg_vectors)
         correction_states = [
             gradients.phantom(f, stats.recorded[step], 1, config.phantom_tau) for step in sorted(stats.recorded)
         ] if torch.is_grad_enabled() else []

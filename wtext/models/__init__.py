@@ -1,0 +1,25 @@
+"""Weight-tied ResNet-like and Transformer-like models (dense / same-mask / multi-mask) and their DEQ twins."""
+
+from .accounting import describe
+from .presets import (DEQ_VARIANTS, PRESETS, build_model, deq_variant, list_presets, model_from_config,
+                      preset_config, register_preset)
+from .resnet import ResidualCell, TiedResNet, TiedResNetConfig
+from .vit import TiedViT, TiedViTConfig, TransformerBlock
+
+__all__ = [
+    "DEQ_VARIANTS",
+    "PRESETS",
+    "ResidualCell",
+    "TiedResNet",
+    "TiedResNetConfig",
+    "TiedViT",
+    "TiedViTConfig",
+    "TransformerBlock",
+    "build_model",
+    "deq_variant",
+    "describe",
+    "list_presets",
+    "model_from_config",
+    "preset_config",
+    "register_preset",
+]

@@ -1,0 +1,147 @@
+"""Weight-tied ResNet-like model: a stem, then per stage one MDEQ-style residual cell applied `depth` times with a
+mask per application, downsampling between stages, and a pooling head."""
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wtext.deq import DEQ, DEQConfig, DEQOutput
+from wtext.nn import MaskSpec, TiedMaskedWeight, autocast_dtype
+
+
+@dataclass(frozen=True)
+class TiedResNetConfig:
+    """width: channels of stage 0 (stage s has width * 2^s); expansion: the cell's inner width is expansion x width;
+    depth: tied applications per stage; stages: resolutions (each after the first halves H and W);
+    groups: GroupNorm groups (must divide every width and inner width); mask: how the tied weights are masked;
+    deq: when set, the DEQ twin: each stage's cell is solved to its fixed point z* = cell(z*, u) with these solver
+    and gradient options instead of being applied `depth` times (a fixed point needs a fixed map, so the cell has
+    one mask, that of application 0)."""
+
+    width: int = 64
+    expansion: int = 2
+    depth: int = 6
+    stages: int = 1
+    groups: int = 8
+    num_classes: int = 10
+    in_channels: int = 3
+    mask: MaskSpec = field(default_factory=MaskSpec)
+    deq: DEQConfig | None = None
+
+    def __post_init__(self):
+        for name in ("width", "expansion", "depth", "stages", "groups", "num_classes", "in_channels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1; got {name}={value!r}")
+        if self.width % self.groups:
+            raise ValueError(f"width must be divisible by the GroupNorm groups; got width={self.width}, "
+                             f"groups={self.groups}")
+
+    def stage_width(self, stage: int) -> int:
+        return self.width * 2**stage
+
+
+class ResidualCell(nn.Module):
+    """z' = GN(relu(z + GN(conv(relu(GN(conv(z, W1 ⊙ M1_l))), W2 ⊙ M2_l)) + u)) — MDEQ's residual block with input
+    injection u, one shared (W1, W2) for every application l."""
+
+    def __init__(self, width: int, expansion: int, groups: int, depth: int, spec: MaskSpec, seed_offset: int):
+        super().__init__()
+        inner = width * expansion
+        self.conv1 = TiedMaskedWeight((inner, width, 3, 3), depth, spec, seed_offset)
+        self.conv2 = TiedMaskedWeight((width, inner, 3, 3), depth, spec, seed_offset + 1)
+        self.norm1 = nn.GroupNorm(groups, inner)
+        self.norm2 = nn.GroupNorm(groups, width)
+        self.norm3 = nn.GroupNorm(groups, width)
+
+    def masked_weights(self, device: torch.device):
+        """Both weights' masked views for all applications: one op call each per forward."""
+        dtype = autocast_dtype(device)
+        return self.conv1(dtype), self.conv2(dtype)
+
+    def forward(self, z, u, weights, application: int):
+        w1, w2 = weights
+        h = F.relu(self.norm1(F.conv2d(z, self.conv1.view(w1, application), padding=1)))
+        h = self.norm2(F.conv2d(h, self.conv2.view(w2, application), padding=1))
+        return self.norm3(F.relu(z + h + u))
+
+
+class TiedResNet(nn.Module):
+    """forward(x [N, C, H, W]) -> logits [N, num_classes]. Any H, W >= 2^(stages-1); NCHW or channels_last."""
+
+    def __init__(self, config: TiedResNetConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        inner_groups_ok = all((c.stage_width(s) * c.expansion) % c.groups == 0 for s in range(c.stages))
+        if not inner_groups_ok:
+            raise ValueError(f"width * expansion must be divisible by the GroupNorm groups; got width={c.width}, "
+                             f"expansion={c.expansion}, groups={c.groups}")
+        self.stem = nn.Sequential(nn.Conv2d(c.in_channels, c.width, 3, padding=1, bias=False), nn.BatchNorm2d(c.width))
+        self.downsample = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c.stage_width(s - 1), c.stage_width(s), 3, stride=2, padding=1, bias=False),
+                          nn.GroupNorm(c.groups, c.stage_width(s)))
+            for s in range(1, c.stages)
+        )
+        # Each tied weight gets its own seed offset, so no two weights share a mask stream.
+        applications = 1 if c.deq else c.depth
+        self.cells = nn.ModuleList(
+            ResidualCell(c.stage_width(s), c.expansion, c.groups, applications, c.mask, seed_offset=16 * s)
+            for s in range(c.stages)
+        )
+        self.head = nn.Linear(c.stage_width(c.stages - 1), c.num_classes)
+        self.deq_outputs: list[DEQOutput] = []
+
+    def injections(self, stage: int, previous: torch.Tensor) -> torch.Tensor:
+        """The input injection of a stage: the stem output, or the downsampled output of the previous stage."""
+        return previous if stage == 0 else self.downsample[stage - 1](previous)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.stem(x)
+        self.deq_outputs = []
+        for stage, cell in enumerate(self.cells):
+            u = self.injections(stage, features)
+            weights = cell.masked_weights(x.device)
+            if self.config.deq is not None:
+                features = self.solve_stage(cell, u, weights)
+                continue
+            z = torch.zeros_like(u)
+            for application in range(self.config.depth):
+                z = cell(z, u, weights, application)
+            features = z
+        return self.head(features.mean((2, 3)))
+
+    def solve_stage(self, cell: ResidualCell, u: torch.Tensor, weights) -> torch.Tensor:
+        """DEQ twin: the stage's fixed point z* = cell(z*, u), its solver statistics kept in self.deq_outputs."""
+        layer = DEQ(lambda z, injection: cell(z, injection, weights, 0), self.config.deq).train(self.training)
+        out = layer(u, torch.zeros_like(u))
+        self.deq_outputs.append(out)
+        return out.z
+
+    def regularization(self) -> torch.Tensor:
+        """The DEQ twin's weighted regularizers of the last forward (0 for the weight-tied model)."""
+        return sum((out.regularization for out in self.deq_outputs), torch.zeros(()))
+
+    def tied_weights(self) -> list[TiedMaskedWeight]:
+        return [m for m in self.modules() if isinstance(m, TiedMaskedWeight)]
+
+    def flops_per_image(self, height: int = 32, width: int = 32) -> dict[str, float]:
+        """Multiply-adds x 2 of the convolutions and the head for one image: dense, and counting only unmasked
+        weights of the tied convolutions (effective)."""
+        c = self.config
+        dense = effective = 2 * 9 * c.in_channels * c.width * height * width
+        for stage, cell in enumerate(self.cells):
+            if stage > 0:
+                height, width = (height + 1) // 2, (width + 1) // 2
+                down = 2 * 9 * c.stage_width(stage - 1) * c.stage_width(stage) * height * width
+                dense, effective = dense + down, effective + down
+            for tied in (cell.conv1, cell.conv2):
+                per_weight = 2 * height * width  # each weight element is one MAC per output pixel
+                # A DEQ twin's cost depends on its solver steps: counted here per cell application.
+                applications = 1 if c.deq else c.depth
+                dense += applications * per_weight * tied.weight.numel()
+                effective += applications * per_weight * tied.kept_per_application()
+        head = 2 * self.head.weight.numel()
+        return {"dense": dense + head, "effective": effective + head}

@@ -1,0 +1,38 @@
+"""MaskSpec: how a tied weight is masked across its applications. Part of every checkpoint instead of masks."""
+
+from dataclasses import dataclass
+
+from wtext.ops import DEFAULT_NM, MODES, PATTERNS
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """mode: "multi" (a distinct mask per application), "same" (one mask for all), "dense" (none);
+    density in (0, 1] (unused by "nm"); pattern: "bernoulli" | "exact" | "nm"; nm: (N, M); seed: the base seed
+    (each tied weight of a model adds its own offset, so no two weights share a mask stream)."""
+
+    mode: str = "multi"
+    density: float = 0.5
+    pattern: str = "bernoulli"
+    nm: tuple[int, int] = DEFAULT_NM
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mask mode must be one of {MODES}; got mode={self.mode!r}")
+        if not (isinstance(self.density, (int, float)) and 0 < self.density <= 1):
+            raise ValueError(f"density must be in (0, 1]; got density={self.density!r}")
+        if self.pattern not in PATTERNS:
+            raise ValueError(f"mask pattern must be one of {PATTERNS}; got pattern={self.pattern!r}")
+        n, m = self.nm
+        if not 1 <= n <= m <= 64:
+            raise ValueError(f"nm must satisfy 1 <= N <= M <= 64; got nm={self.nm!r}")
+        object.__setattr__(self, "nm", (int(n), int(m)))
+
+    @property
+    def masked(self) -> bool:
+        return self.mode != "dense"
+
+    def mask_layer(self, application: int) -> int:
+        """The mask index (the `layer` of the mask function) that an application uses."""
+        return 0 if self.mode == "same" else application
