@@ -44,9 +44,9 @@ def _resnet_large():
     return TiedResNetConfig(width=144, expansion=5, depth=6, stages=2, groups=8)
 
 
-@register_preset("resnet-tiny", "ResNet-like for quick CPU runs: width 16, 1 stage, depth 4")
+@register_preset("resnet-tiny", "ResNet-like for quick CPU runs: width 16, 2 stages, depth 3")
 def _resnet_tiny():
-    return TiedResNetConfig(width=16, expansion=2, depth=4, stages=1, groups=4)
+    return TiedResNetConfig(width=16, expansion=2, depth=3, stages=2, groups=4)
 
 
 @register_preset("vit-small", "ViT-like: dim 192, 3 heads, depth 6, patch 4, mask density 0.9")

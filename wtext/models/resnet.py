@@ -79,7 +79,9 @@ class TiedResNet(nn.Module):
         if not inner_groups_ok:
             raise ValueError(f"width * expansion must be divisible by the GroupNorm groups; got width={c.width}, "
                              f"expansion={c.expansion}, groups={c.groups}")
-        self.stem = nn.Sequential(nn.Conv2d(c.in_channels, c.width, 3, padding=1, bias=False), nn.BatchNorm2d(c.width))
+        # GroupNorm, not BatchNorm: batch-independent, so train and eval, DEQ solves and data-parallel ranks all
+        # see the same injection statistics.
+        self.stem = nn.Sequential(nn.Conv2d(c.in_channels, c.width, 3, padding=1, bias=False), nn.GroupNorm(c.groups, c.width))
         self.downsample = nn.ModuleList(
             nn.Sequential(nn.Conv2d(c.stage_width(s - 1), c.stage_width(s), 3, stride=2, padding=1, bias=False),
                           nn.GroupNorm(c.groups, c.stage_width(s)))

@@ -1,0 +1,91 @@
+"""Readers of the on-disk formats: CIFAR-10 (python pickle batches) and ImageNet32 (npz or pickle batches).
+
+Every reader checks what it reads and raises DatasetError naming the file and the problem: a missing file, a
+truncated or unreadable one, a wrong array size, labels out of range.
+"""
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DatasetError
+
+IMAGE_BYTES = 3 * 32 * 32
+
+
+def _unpickle(path: Path) -> dict:
+    if not path.is_file():
+        raise DatasetError(path, "file not found")
+    try:
+        with path.open("rb") as handle:
+            batch = pickle.load(handle, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as error:
+        raise DatasetError(path, f"not a readable pickle batch (truncated or corrupt?): {error}") from None
+    if not isinstance(batch, dict):
+        raise DatasetError(path, f"expected a pickled dict, found {type(batch).__name__}")
+    return {key.decode() if isinstance(key, bytes) else key: value for key, value in batch.items()}
+
+
+def _load_npz(path: Path) -> dict:
+    if not path.is_file():
+        raise DatasetError(path, "file not found")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
+        raise DatasetError(path, f"not a readable npz archive (truncated or corrupt?): {error}") from None
+
+
+def _check_batch(path: Path, batch: dict, num_classes: int, label_offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images as uint8 [N, 3, 32, 32] and labels as int64 in [0, num_classes), after validation."""
+    for key in ("data", "labels"):
+        if key not in batch:
+            raise DatasetError(path, f"missing key {key!r} (found {sorted(batch)})")
+    data = np.asarray(batch["data"])
+    labels = np.asarray(batch["labels"])
+    if data.dtype != np.uint8:
+        raise DatasetError(path, f"'data' must be uint8, found {data.dtype}")
+    if data.ndim != 2 or data.shape[1] != IMAGE_BYTES:
+        raise DatasetError(path, f"'data' must have shape [N, {IMAGE_BYTES}] (3x32x32, CHW), found {data.shape}")
+    if labels.ndim != 1 or labels.shape[0] != data.shape[0]:
+        raise DatasetError(path, f"'labels' must hold one label per image ({data.shape[0]}), found shape "
+                                 f"{labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DatasetError(path, f"'labels' must be integers, found {labels.dtype}")
+    labels = labels.astype(np.int64) - label_offset
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        low, high = labels.min() + label_offset, labels.max() + label_offset
+        raise DatasetError(path, f"labels out of range: found {low}..{high}, expected "
+                                 f"{label_offset}..{num_classes - 1 + label_offset}")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def read_cifar10_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python batch (data_batch_1..5, test_batch): labels 0..9."""
+    return _check_batch(path, _unpickle(path), num_classes=10, label_offset=0)
+
+
+def read_imagenet32_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One ImageNet32 batch, npz or pickle (train_data_batch_1..10, val_data): labels 1..1000 become 0..999."""
+    batch = _load_npz(path) if path.suffix == ".npz" else _unpickle(path)
+    return _check_batch(path, batch, num_classes=1000, label_offset=1)
+
+
+def count_batch_images(path: Path) -> int:
+    """Images in a batch file, reading as little as the format allows (an npz's labels only)."""
+    if path.suffix == ".npz":
+        if not path.is_file():
+            raise DatasetError(path, "file not found")
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                if "labels" not in archive.files:
+                    raise DatasetError(path, f"missing key 'labels' (found {sorted(archive.files)})")
+                return int(archive["labels"].shape[0])
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
+            raise DatasetError(path, f"not a readable npz archive (truncated or corrupt?): {error}") from None
+    batch = _unpickle(path)
+    if "labels" not in batch:
+        raise DatasetError(path, f"missing key 'labels' (found {sorted(batch)})")
+    return len(batch["labels"])

@@ -1,0 +1,82 @@
+"""The command line of `python -m wtext.train`, generated from TrainConfig; config files (TOML or YAML)."""
+
+import argparse
+import dataclasses
+import tomllib
+import types
+import typing
+from pathlib import Path
+
+from .config import TrainConfig
+
+
+def _base_type(annotation):
+    """int for `int | None`, etc."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0]
+    return annotation
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m wtext.train",
+        description="Train and evaluate a weight-tied (multi-mask) model or its DEQ twin. Every option can also be "
+                    "set in a TOML or YAML file given with --config; options on the command line win.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", help="TOML (.toml) or YAML (.yaml/.yml) file setting TrainConfig fields")
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = _base_type(hints[f.name])
+        help_text = f.metadata.get("help", "")
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=f"{help_text} (default: {f.default})")
+        else:
+            parser.add_argument(flag, type=kind, choices=f.metadata.get("choices"), default=argparse.SUPPRESS,
+                                metavar=f.name.upper(), help=f"{help_text} (default: {f.default})")
+    return parser
+
+
+def read_config_file(path: str | Path) -> dict:
+    """The fields a config file sets. Unknown keys are errors naming the key and the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file not found: {path}")
+    text = path.read_text()
+    if path.suffix == ".toml":
+        try:
+            values = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            raise ValueError(f"{path}: not valid TOML: {error}") from None
+    elif path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ValueError(f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use TOML") from None
+        values = yaml.safe_load(text) or {}
+    else:
+        raise ValueError(f"{path}: config files must end in .toml, .yaml or .yml")
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a table of options at the top level")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {key.replace("-", "_"): value for key, value in values.items()}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown option {unknown[0]!r}")
+    return values
+
+
+def resolve_config(argv=None) -> TrainConfig:
+    """Defaults, then the config file, then the command line."""
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    values = read_config_file(args.pop("config")) if args.get("config") else {}
+    args.pop("config", None)
+    values.update(args)
+    try:
+        return TrainConfig(**values)
+    except (TypeError, ValueError) as error:
+        parser.error(str(error))
