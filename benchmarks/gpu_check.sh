@@ -31,6 +31,8 @@ step build 240 "$PYTHON" setup.py build_ext --inplace || { printf '%s\n' "${SUMM
 step tests 150 "$PYTHON" -m pytest python_tests -q --maxfail=10 -p no:cacheprovider
 step bench_ops 150 "$PYTHON" benchmarks/bench_ops.py --device cuda
 step bench_deq 120 "$PYTHON" benchmarks/bench_deq.py --device cuda
+step bench_loader 60 "$PYTHON" benchmarks/bench_loader.py --device cuda
+step train 90 "$PYTHON" -m wtext.train --no-progress --epochs 2 --run-dir /tmp/wtext_gpu_run
 step cmake_bench 150 bash -c "cmake -S . -B build-gpu -G Ninja -DWTEXT_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DCMAKE_CUDA_COMPILER=$CUDA_HOME/bin/nvcc -DPython_EXECUTABLE=$(command -v "$PYTHON") > /dev/null \
   && cmake --build build-gpu -j $MAX_JOBS > /dev/null && ./build-gpu/bench_masked_weights --device cuda"
@@ -41,3 +43,5 @@ printf '%s\n' "${SUMMARY[@]}"
 grep -h -E "passed|failed" "$LOG_DIR/tests.log" | tail -1
 grep -h -A6 -E "^workload A|^tied_masked_weights" "$LOG_DIR/bench_ops.log" 2>/dev/null
 grep -h -A4 -E "^workload B|^host reads" "$LOG_DIR/bench_deq.log" 2>/dev/null
+grep -h -A2 -E "^crop" "$LOG_DIR/bench_loader.log" 2>/dev/null
+grep -h -E "^epoch [0-9]+:" "$LOG_DIR/train.log" 2>/dev/null
