@@ -152,3 +152,27 @@ def test_the_main_job_command_line_runs(tmp_path):
     assert "best test accuracy" in result.stdout
     missing = run_module("-m", "wtext.train", "--dataset", "cifar10", "--data-dir", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "data directory not found" in missing.stderr
+
+
+def test_ctrl_c_checkpoints_and_the_run_resumes(tmp_path):
+    import signal
+    import time
+
+    run_dir = tmp_path / "sigint"
+    options = ["-m", "wtext.train", "--width", "8", "--depth", "2", "--synthetic-train", "2048", "--synthetic-test",
+               "64", "--epochs", "2", "--batch-size", "32", "--no-progress", "--run-dir", str(run_dir)]
+    process = subprocess.Popen([sys.executable, *options], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:  # wait until training has started
+        if "parameters" in line:
+            break
+    time.sleep(1.5)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "checkpoint saved" in out
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert state["epoch"] * 64 + state["step_in_epoch"] > 0
+    resumed = run_module(*options, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [r["epoch"] for r in read_records(run_dir)] == [1, 2]

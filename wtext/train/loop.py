@@ -5,7 +5,9 @@ import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -119,6 +121,8 @@ class Trainer:
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.bf16 and cuda)
         self.epoch, self.step_in_epoch, self.steps_done = 0, 0, 0
         self.totals = self.empty_totals()
+        self.pending: torch.Tensor | None = None
+        self.interrupt_requested = False
         self.best = (0.0, 0)
 
     # -- helpers ----------------------------------------------------------------------------------------------
@@ -192,14 +196,26 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.core.parameters(), config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        totals = self.totals
-        totals["loss"] += loss.item() * labels.numel()
-        totals["correct"] += (logits.argmax(1) == labels).sum().item()
-        totals["images"] += labels.numel()
-        for out in getattr(self.core, "deq_outputs", []):
-            totals["solver_steps"] += out.stats.steps.float().mean().item()
-            totals["solver_residual"] += out.stats.lowest.float().mean().item()
-            totals["solves"] += 1
+        # Accumulated on the device and read back only every few steps (flush_totals): a per-step .item() would
+        # stall the GPU pipeline once per step.
+        values = [loss.detach().float() * labels.numel(), (logits.argmax(1) == labels).sum().float(),
+                  torch.tensor(float(labels.numel()), device=self.device)]
+        deq_outputs = getattr(self.core, "deq_outputs", [])
+        zero = torch.zeros((), device=self.device)
+        values += [sum((out.stats.steps.float().mean() for out in deq_outputs), zero),
+                   sum((out.stats.lowest.float().mean() for out in deq_outputs), zero),
+                   torch.tensor(float(len(deq_outputs)), device=self.device)]
+        step_values = torch.stack([v.to(self.device) for v in values])
+        self.pending = step_values if self.pending is None else self.pending + step_values
+
+    def flush_totals(self) -> None:
+        """Moves the device-side sums of the last steps into the totals (one host read)."""
+        if self.pending is None:
+            return
+        for key, value in zip(("loss", "correct", "images", "solver_steps", "solver_residual", "solves"),
+                              self.pending.tolist()):
+            self.totals[key] += value
+        self.pending = None
 
     def train_epoch(self, progress) -> None:
         start = time.perf_counter()
@@ -208,14 +224,20 @@ class Trainer:
             self.step_in_epoch += 1
             self.steps_done += 1
             if progress is not None:
-                t = self.totals
-                elapsed = t["seconds"] + time.perf_counter() - start
                 progress.update(1)
-                progress.set_postfix(loss=f"{t['loss'] / t['images']:.3f}", acc=f"{t['correct'] / t['images']:.3f}",
-                                     img_s=f"{t['images'] * self.cluster.world / max(elapsed, 1e-9):.0f}")
-            if self.config.stop_after_steps and self.steps_done >= self.config.stop_after_steps:
+                if self.step_in_epoch % 10 == 0 or self.step_in_epoch == len(self.train_loader):
+                    self.flush_totals()
+                    t = self.totals
+                    elapsed = t["seconds"] + time.perf_counter() - start
+                    progress.set_postfix(loss=f"{t['loss'] / t['images']:.3f}",
+                                         acc=f"{t['correct'] / t['images']:.3f}",
+                                         img_s=f"{t['images'] * self.cluster.world / max(elapsed, 1e-9):.0f}")
+            stop_requested = self.config.stop_after_steps and self.steps_done >= self.config.stop_after_steps
+            if stop_requested or self.interrupt_requested:
+                self.flush_totals()
                 self.totals["seconds"] += time.perf_counter() - start
                 raise Interrupted
+        self.flush_totals()
         self.totals["seconds"] += time.perf_counter() - start
 
     def finish_epoch(self) -> dict:
@@ -255,7 +277,27 @@ class Trainer:
                 (self.run_dir / name).unlink(missing_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=2) + "\n")
 
+    def _on_sigint(self, signum, frame) -> None:
+        """First Ctrl-C: finish the current step, then checkpoint and stop (so the checkpoint is consistent).
+        A second Ctrl-C stops at once."""
+        if self.interrupt_requested:
+            raise KeyboardInterrupt
+        self.interrupt_requested = True
+        self.log("\nCtrl-C: stopping after this step (press again to stop at once)")
+
     def fit(self) -> dict:
+        config = self.config
+        if threading.current_thread() is threading.main_thread():
+            previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        else:
+            previous_handler = None
+        try:
+            return self._fit()
+        finally:
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
+
+    def _fit(self) -> dict:
         config = self.config
         if config.resume:
             self.restore(self.run_dir / "checkpoint.pt")
@@ -280,6 +322,7 @@ class Trainer:
             except (KeyboardInterrupt, Interrupted):
                 if progress is not None:
                     progress.close()
+                self.flush_totals()
                 self.save()
                 self.log(f"\ninterrupted at epoch {self.epoch + 1}, step {self.step_in_epoch}: checkpoint saved; "
                          f"continue with the same options plus --resume")
