@@ -46,14 +46,17 @@ class DEQ(nn.Module):
             return self.cell.initial_state(x)
         return torch.zeros_like(x)
 
-    def forward(self, x: torch.Tensor, z0: torch.Tensor | None = None) -> DEQOutput:
+    def forward(self, x: torch.Tensor, z0: torch.Tensor | None = None, record_steps=None) -> DEQOutput:
+        """record_steps: solver steps whose iterates to keep in out.stats.recorded (default: those of the
+        fixed-point correction loss when training)."""
         config = self.config
 
         def f(z):
             return self.cell(z, x)
 
         z0 = self.initial_state(x) if z0 is None else z0
-        record_steps = self._correction_steps() if self.training else ()
+        if record_steps is None:
+            record_steps = self._correction_steps() if self.training else ()
         with torch.no_grad():
             z_star, stats = get_solver(config.f_solver)(
                 f, z0.detach(), max_iter=config.f_max_iter, tol=config.f_tol, stop_mode=config.f_stop_mode,
@@ -79,8 +82,9 @@ class DEQ(nn.Module):
             with sdpa_kernel(SDPBackend.MATH):
                 jacobian_loss = jacobian_frobenius(f(z_probe), z_probe, config.jac_reg_vectors)
         correction_states = [
-            gradients.phantom(f, stats.recorded[step], 1, config.phantom_tau) for step in sorted(stats.recorded)
-        ] if torch.is_grad_enabled() else []
+            gradients.phantom(f, stats.recorded[step], 1, config.phantom_tau) for step in self._correction_steps()
+            if step in stats.recorded
+        ] if torch.is_grad_enabled() and self.training else []
         return DEQOutput(z=z, stats=stats, jacobian_loss=jacobian_loss,
                          regularization=config.jac_reg_weight * jacobian_loss,
                          correction_states=correction_states, backward_stats=backward_stats)

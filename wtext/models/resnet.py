@@ -95,6 +95,9 @@ class TiedResNet(nn.Module):
         )
         self.head = nn.Linear(c.stage_width(c.stages - 1), c.num_classes)
         self.deq_outputs: list[DEQOutput] = []
+        # For layer-similarity analysis: when set, forward keeps (name, output) of every application or DEQ iterate.
+        self.record_applications = False
+        self.recorded_applications: list[tuple[str, torch.Tensor]] = []
 
     def injections(self, stage: int, previous: torch.Tensor) -> torch.Tensor:
         """The input injection of a stage: the stem output, or the downsampled output of the previous stage."""
@@ -112,14 +115,21 @@ class TiedResNet(nn.Module):
             z = torch.zeros_like(u)
             for application in range(self.config.depth):
                 z = cell(z, u, weights, application)
+                if self.record_applications:
+                    self.recorded_applications.append((f"stage{stage}.application{application}", z.detach()))
             features = z
         return self.head(features.mean((2, 3)))
 
     def solve_stage(self, cell: ResidualCell, u: torch.Tensor, weights) -> torch.Tensor:
         """DEQ twin: the stage's fixed point z* = cell(z*, u), its solver statistics kept in self.deq_outputs."""
         layer = DEQ(lambda z, injection: cell(z, injection, weights, 0), self.config.deq).train(self.training)
-        out = layer(u, torch.zeros_like(u))
+        record = range(self.config.deq.f_max_iter) if self.record_applications else None
+        out = layer(u, torch.zeros_like(u), record_steps=record)
         self.deq_outputs.append(out)
+        if self.record_applications:
+            stage = len(self.deq_outputs) - 1
+            self.recorded_applications += [(f"stage{stage}.iterate{step}", z) for step, z in
+                                           sorted(out.stats.recorded.items()) if step > 0]
         return out.z
 
     def regularization(self) -> torch.Tensor:

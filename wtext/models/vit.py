@@ -97,6 +97,9 @@ class TiedViT(nn.Module):
         self.head = nn.Linear(c.dim, c.num_classes)
         self.deq_norm = nn.LayerNorm(c.dim) if c.deq else nn.Identity()
         self.deq_outputs: list[DEQOutput] = []
+        # For layer-similarity analysis: when set, forward keeps (name, output) of every application or DEQ iterate.
+        self.record_applications = False
+        self.recorded_applications: list[tuple[str, torch.Tensor]] = []
 
     def positional_embedding(self, height: int, width: int) -> torch.Tensor:
         grid = self.config.image_size // self.config.patch
@@ -127,12 +130,18 @@ class TiedViT(nn.Module):
             # The block is residual (z + ...), so z = block(z + e) alone has no fixed point in general; the final
             # LayerNorm bounds the map, as in DEQ transformers' post-norm cells.
             layer = DEQ(lambda z, e: self.deq_norm(self.block(z + e, weights, 0)), self.config.deq).train(self.training)
-            out = layer(embedding, torch.zeros_like(embedding))
+            record = range(self.config.deq.f_max_iter) if self.record_applications else None
+            out = layer(embedding, torch.zeros_like(embedding), record_steps=record)
             self.deq_outputs.append(out)
+            if self.record_applications:
+                self.recorded_applications += [(f"iterate{step}", z) for step, z in sorted(out.stats.recorded.items())
+                                               if step > 0]
             return self.readout(out.z)
         z = embedding
         for application in range(self.config.depth):
             z = self.block(z, weights, application)
+            if self.record_applications:
+                self.recorded_applications.append((f"application{application}", z.detach()))
         return self.readout(z)
 
     def regularization(self) -> torch.Tensor:
