@@ -32,7 +32,7 @@ def model_state(run_dir):
 
 
 def comparable(records):
-    return [{k: v for k, v in r.items() if k not in ("time_s", "images_per_second")} for r in records]
+    return [{k: v for k, v in r.items() if k not in ("time_s", "images_per_second", "eval_time_s")} for r in records]
 
 
 def read_records(run_dir):

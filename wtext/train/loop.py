@@ -245,7 +245,9 @@ class Trainer:
         loss, correct, images, steps, residual, solves = all_reduce_sum(
             [t["loss"], t["correct"], t["images"], t["solver_steps"], t["solver_residual"], t["solves"]],
             self.device, self.cluster)
+        eval_start = time.perf_counter()
         test_loss, test_accuracy = self.evaluate()
+        eval_time = time.perf_counter() - eval_start
         record = {
             "epoch": self.epoch + 1,
             "train_loss": loss / images,
@@ -255,6 +257,7 @@ class Trainer:
             "lr": self.scheduler.get_last_lr()[0],
             "time_s": t["seconds"],
             "images_per_second": images / max(t["seconds"], 1e-9),
+            "eval_time_s": eval_time,
         }
         if solves:
             record["solver_steps"] = steps / solves

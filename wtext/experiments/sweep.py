@@ -1,0 +1,53 @@
+"""Running a sweep of training runs into one results directory: finished runs are skipped, so an interrupted sweep
+resumes where it stopped."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+from wtext.train import TrainConfig, run
+
+
+def run_sweep(out_dir: Path, base: dict, runs: dict[str, dict], log=print) -> dict[str, dict]:
+    """Trains every run (base options updated by the run's) into out_dir/runs/NAME; returns {name: result}, where a
+    result holds the run's summary, its metrics per epoch and its resolved config."""
+    results = {}
+    for index, (name, overrides) in enumerate(runs.items(), start=1):
+        run_dir = out_dir / "runs" / name
+        summary_path = run_dir / "summary.json"
+        config = TrainConfig(**{**base, **overrides, "run_dir": str(run_dir)})
+        if summary_path.is_file() and _same_config(run_dir, config):
+            log(f"[{index}/{len(runs)}] {name}: done before, skipped")
+        else:
+            log(f"[{index}/{len(runs)}] {name}: training")
+            run(config)
+        results[name] = {
+            "summary": json.loads(summary_path.read_text()),
+            "metrics": [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()],
+            "config": dataclasses.asdict(config),
+        }
+    return results
+
+
+def _same_config(run_dir: Path, config: TrainConfig) -> bool:
+    """A finished run counts only if it was made with the same options (a changed sweep re-runs it)."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return False
+    saved = json.loads(path.read_text())
+    current = dataclasses.asdict(config)
+    ignored = {"progress", "resume", "run_dir", "device"}
+    return all(saved.get(k) == v for k, v in current.items() if k not in ignored)
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    def cell(value):
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        if isinstance(value, int):
+            return f"{value:,}"
+        return str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
