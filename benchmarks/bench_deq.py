@@ -19,6 +19,7 @@ from torch import nn
 
 from timing import median_ms, print_table
 from wtext import deq, ops
+from wtext.deq.backward import ImplicitGradient
 
 
 class ResidualCell(nn.Module):
@@ -65,32 +66,18 @@ def reference_anderson(f, x0, m=5, lam=1e-4, max_iter=18, tol=1e-3, beta=1.0, ho
     return xs[:, k % m].view_as(x0)
 
 
-class ReferenceImplicit(torch.autograd.Function):
-    """Implicit backward of the reference: the adjoint fixed point solved with the same reference Anderson."""
-
-    @staticmethod
-    def forward(ctx, z_out, z_star, f, b_max_iter):
-        ctx.save_for_backward(z_star)
-        ctx.f, ctx.b_max_iter = f, b_max_iter
-        return z_out.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        (z_star,) = ctx.saved_tensors
-        with torch.enable_grad():
-            z = z_star.detach().requires_grad_()
-            fz = ctx.f(z)
-        with torch.no_grad():
-            y = reference_anderson(lambda v: torch.autograd.grad(fz, z, v, retain_graph=True)[0] + grad, grad,
-                                   max_iter=ctx.b_max_iter, tol=1e-12)
-        return y, None, None, None
+def reference_solve(f, z0, *, max_iter, tol, **unused):
+    """The reference Anderson behind the solver signature, so the adjoint solve reuses wtext's implicit backward
+    with only the solver swapped."""
+    return reference_anderson(f, z0, max_iter=max_iter, tol=tol), None
 
 
 def reference_step(cell, x, args, host_reads=None):
     f = lambda z: cell(z, x)  # noqa: E731
     with torch.no_grad():
         z_star = reference_anderson(f, torch.zeros_like(x), max_iter=args.iters, tol=1e-12, host_reads=host_reads)
-    z = ReferenceImplicit.apply(f(z_star), z_star, f, args.backward_iters)
+    z = ImplicitGradient.apply(f(z_star), z_star, f, reference_solve, dict(max_iter=args.backward_iters, tol=1e-12),
+                               [])
     z.float().square().mean().backward()
 
 

@@ -9,7 +9,7 @@ import torch
 from .registry import get_solver
 
 
-class _ImplicitGradient(torch.autograd.Function):
+class ImplicitGradient(torch.autograd.Function):
     """Identity in forward; in backward, replaces the incoming gradient g by the solution y of the adjoint fixed
     point y = J^T y + g (J = df/dz at z*), so that backpropagating y through one application of f yields
     dL/dtheta = y^T df/dtheta = g^T (I - J)^-1 df/dtheta, the implicit-function-theorem gradient."""
@@ -42,7 +42,7 @@ def implicit(f, z_star: torch.Tensor, solver: str, solve_options: dict, stats_si
     The adjoint solve's SolverStats are appended to stats_sink when backward runs."""
     z_star = z_star.detach()
     z_out = f(z_star)  # one application of f carries the graph to the parameters and to x
-    return _ImplicitGradient.apply(z_out, z_star, f, get_solver(solver), solve_options, stats_sink)
+    return ImplicitGradient.apply(z_out, z_star, f, get_solver(solver), solve_options, stats_sink)
 
 
 def phantom(f, z_star: torch.Tensor, steps: int, tau: float) -> torch.Tensor:
