@@ -213,3 +213,19 @@ def test_unknown_preset_option_and_variant():
         models.build_model("resnet-tiny", deq="newton")
     with pytest.raises(ValueError, match=r"nm M=4 must divide the reduction dimension 27"):
         tiny_resnet(width=3, groups=1, mask=MaskSpec(pattern="nm"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("build", [tiny_resnet, tiny_vit], ids=["resnet", "vit"])
+def test_cuda_bf16_autocast_matches_the_reference_path(build):
+    torch.manual_seed(0)
+    model = build(mask=MaskSpec(mode="multi", density=0.5, pattern="exact")).cuda().train()
+    x = torch.randn(4, 3, 16, 16, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        ours = model(x).float()
+        views = model.tied_weights()[0]()
+    assert views.dtype == torch.bfloat16  # written directly in the autocast dtype
+    set_reference(model, True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        reference = model(x).float()
+    torch.testing.assert_close(ours, reference, rtol=2e-2, atol=2e-2)

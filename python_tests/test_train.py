@@ -176,3 +176,12 @@ def test_ctrl_c_checkpoints_and_the_run_resumes(tmp_path):
     resumed = run_module(*options, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert [r["epoch"] for r in read_records(run_dir)] == [1, 2]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_training_on_cuda_with_bf16_autocast_and_channels_last(tmp_path):
+    summary = run(tiny_config(tmp_path, device="cuda", bf16=True, channels_last=True, deterministic=False,
+                              synthetic_train=512, epochs=2))
+    assert summary["final_test_accuracy"] > 0.1
+    records = read_records(tmp_path / "run")
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
