@@ -71,8 +71,12 @@ class DeviceLoader:
         return (torch.arange(shards).view(1, shards, 1) + shards * positions).reshape(-1)
 
     def _augmentation_generators(self, epoch: int) -> list[torch.Generator]:
+        """Generators on the data's device: augmentation draws never cross to the host (a host-to-device copy per
+        batch could synchronize). CPU and CUDA runs therefore augment differently, each reproducibly."""
+        device = self.split.images.device
         ranks = range(self.interleave) if self.interleave > 1 else [self.rank]
-        return [torch.Generator().manual_seed(self.seed * 1_000_003 + epoch + 7919 * (rank + 1)) for rank in ranks]
+        return [torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + epoch + 7919 * (rank + 1))
+                for rank in ranks]
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         out = images.float() * self.scale + self.shift
@@ -86,13 +90,14 @@ class DeviceLoader:
             batch = order[index * self.batch_size:(index + 1) * self.batch_size]
             # Draws happen for every batch, skipped or not, so a resumed epoch continues the same random stream.
             if self.augment:
+                device = self.split.images.device
                 per_rank = len(batch) // len(generators)
-                offsets = torch.cat([torch.randint(0, 2 * self.pad + 1, (per_rank, 2), generator=g) for g in generators])
-                flips = torch.cat([torch.rand(per_rank, generator=g) < 0.5 for g in generators])
+                offsets = torch.cat([torch.randint(0, 2 * self.pad + 1, (per_rank, 2), generator=g, device=device)
+                                     for g in generators])
+                flips = torch.cat([torch.rand(per_rank, generator=g, device=device) < 0.5 for g in generators])
             if index < start:
                 continue
             images = self.split.images[batch]
             if self.augment:
-                device = images.device
-                images = crop_flip(images, offsets.to(device), flips.to(device), self.pad)
+                images = crop_flip(images, offsets, flips, self.pad)
             yield self.normalize(images), self.split.labels[batch]

@@ -188,23 +188,28 @@ class Trainer:
         with self.autocast:
             logits = self.forward(images)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
-            regularization = self.core.regularization().to(loss.device) if hasattr(self.core, "regularization") \
-                else 0.0
+            if getattr(self.core, "deq_outputs", None):  # a DEQ twin's Jacobian penalty (on the loss's device)
+                loss_with_penalties = loss + self.core.regularization().to(loss.device)
+            else:
+                loss_with_penalties = loss
         self.optimizer.zero_grad(set_to_none=True)
-        (loss + regularization).backward()
+        loss_with_penalties.backward()
         if config.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.core.parameters(), config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         # Accumulated on the device and read back only every few steps (flush_totals): a per-step .item() would
         # stall the GPU pipeline once per step.
+        # torch.full, not torch.tensor: a fill kernel, where copying a host scalar would synchronize.
+        def constant(value: float) -> torch.Tensor:
+            return torch.full((), value, device=self.device)
+
         values = [loss.detach().float() * labels.numel(), (logits.argmax(1) == labels).sum().float(),
-                  torch.tensor(float(labels.numel()), device=self.device)]
+                  constant(float(labels.numel()))]
         deq_outputs = getattr(self.core, "deq_outputs", [])
-        zero = torch.zeros((), device=self.device)
-        values += [sum((out.stats.steps.float().mean() for out in deq_outputs), zero),
-                   sum((out.stats.lowest.float().mean() for out in deq_outputs), zero),
-                   torch.tensor(float(len(deq_outputs)), device=self.device)]
+        values += [sum((out.stats.steps.float().mean() for out in deq_outputs), constant(0.0)),
+                   sum((out.stats.lowest.float().mean() for out in deq_outputs), constant(0.0)),
+                   constant(float(len(deq_outputs)))]
         step_values = torch.stack([v.to(self.device) for v in values])
         self.pending = step_values if self.pending is None else self.pending + step_values
 
