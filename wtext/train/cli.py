@@ -23,7 +23,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m wtext.train",
         description="Train and evaluate a weight-tied (multi-mask) model or its DEQ twin. Every option can also be "
                     "set in a TOML or YAML file given with --config; options on the command line win.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--config", help="TOML (.toml) or YAML (.yaml/.yml) file setting TrainConfig fields")
     hints = typing.get_type_hints(TrainConfig)
@@ -31,12 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         kind = _base_type(hints[f.name])
         help_text = f.metadata.get("help", "")
+        if "default" not in help_text:
+            help_text += f" (default: {f.default})"
+        choices = f.metadata.get("choices")
+        if choices:
+            help_text += f"; one of: {', '.join(choices)}"
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                help=f"{help_text} (default: {f.default})")
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         else:
-            parser.add_argument(flag, type=kind, choices=f.metadata.get("choices"), default=argparse.SUPPRESS,
-                                metavar=f.name.upper(), help=f"{help_text} (default: {f.default})")
+            parser.add_argument(flag, type=kind, choices=choices, default=argparse.SUPPRESS, metavar=f.name.upper(),
+                                help=help_text)
     return parser
 
 
