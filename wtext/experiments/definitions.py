@@ -20,7 +20,7 @@ from wtext.train import TrainConfig
 from .sweep import markdown_table, run_sweep
 
 SCALES = {
-    "quick": dict(dataset="synthetic", synthetic_train=2048, synthetic_test=512, epochs=2, batch_size=32,
+    "quick": dict(dataset="synthetic", synthetic_train=3072, synthetic_test=1024, epochs=4, batch_size=32, lr=3e-3,
                   model="resnet-tiny", width=8, depth=3, progress=False),
     "paper": dict(dataset="cifar10", epochs=100, batch_size=128, model="resnet-small", progress=True),
 }
