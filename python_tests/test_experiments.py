@@ -36,3 +36,12 @@ def test_paper_scale_needs_data(capsys):
     with pytest.raises(SystemExit):
         main(["masks", "--scale", "paper"])
     assert "give --data-dir" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_paper_scale_plans_are_valid(tmp_path, name, capsys):
+    # Paper scale needs a GPU and CIFAR-10; a dry run builds every run's config and model without training.
+    assert main([name, "--scale", "paper", "--data-dir", str(tmp_path), "--dry-run", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "params" in out and "on cifar10" in out
+    assert not (tmp_path / "o").exists()

@@ -3,6 +3,7 @@
     python -m wtext.experiments list
     python -m wtext.experiments NAME [--scale quick|paper] [--data-dir DIR] [--dataset cifar10|imagenet32]
                                      [--out results/NAME] [--epochs N] [--train-images N] [--test-images N]
+                                     [--dry-run]
 
 NAME: masks, density, width-depth, deq, cka (docs/experiments.md maps each to the claim it checks). Every run
 trains into OUT/runs/RUN; runs that already finished with the same options are skipped, so an interrupted sweep
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 from .definitions import EXPERIMENTS, SCALES
+from .sweep import PlanShown, Sweep
 
 
 def main(argv=None) -> int:
@@ -30,6 +32,7 @@ def main(argv=None) -> int:
     parser.add_argument("--train-images", type=int, help="override the synthetic training images (quick scale)")
     parser.add_argument("--test-images", type=int, help="override the synthetic test images (quick scale)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and check their options; train nothing")
     args = parser.parse_args(argv)
     if args.name == "list":
         for experiment in EXPERIMENTS.values():
@@ -45,11 +48,15 @@ def main(argv=None) -> int:
             base[field] = getattr(args, option)
     experiment = EXPERIMENTS[args.name]
     out_dir = Path(args.out or f"results/{args.name}-{args.scale}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not args.dry_run:
+        out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     print(f"{experiment.name} ({args.scale} scale) -> {out_dir}\nclaim: {experiment.claim}", flush=True)
+    sweep = Sweep(out_dir, base, lambda message: print(message, flush=True), dry_run=args.dry_run)
     try:
-        body = experiment.run(out_dir, args.scale, base, lambda message: print(message, flush=True))
+        body = experiment.run(out_dir, args.scale, sweep)
+    except PlanShown:
+        return 0
     except (ValueError, FileNotFoundError) as error:
         print(f"wtext.experiments: error: {error}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ from wtext.data import DeviceLoader, load_dataset
 from wtext.train.loop import model_for
 from wtext.train import TrainConfig
 
-from .sweep import markdown_table, run_sweep
+from .sweep import Sweep, markdown_table
 
 SCALES = {
     "quick": dict(dataset="synthetic", synthetic_train=3072, synthetic_test=1024, epochs=4, batch_size=32, lr=3e-3,
@@ -32,7 +32,7 @@ LARGE = {"quick": {}, "paper": dict(model="resnet-large")}
 class Experiment:
     name: str
     claim: str
-    run: Callable[[Path, str, dict, Callable], str]  # (out_dir, scale, base options, log) -> markdown body
+    run: Callable[[Path, str, Sweep], str]  # (out_dir, scale, sweep) -> markdown body
 
 
 EXPERIMENTS: dict[str, Experiment] = {}
@@ -69,10 +69,10 @@ def save_raw(out_dir: Path, results: dict) -> None:
 
 
 @experiment("masks", "Multi-mask weight-tied > same-mask > dense weight-tied, at equal stored parameters.")
-def masks_experiment(out_dir, scale, base, log):
+def masks_experiment(out_dir, scale, sweep):
     runs = {f"resnet-{mode}": {"mask_mode": mode} for mode in ("dense", "same", "multi")}
     runs.update({f"vit-{mode}": {**VIT[scale], "mask_mode": mode} for mode in ("dense", "same", "multi")})
-    results = run_sweep(out_dir, base, runs, log)
+    results = sweep.run(runs)
     save_raw(out_dir, results)
     rows = [[name, r["summary"]["parameters"], round(r["summary"]["effective_parameters"]), best(r),
              r["summary"]["final_test_accuracy"]] for name, r in results.items()]
@@ -91,12 +91,12 @@ DENSITIES = {"quick": [0.1, 0.5, 0.9], "paper": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0
 
 
 @experiment("density", "Density ~0.5 suits ResNet-like and ~0.9 Transformer-like multi-mask models.")
-def density_experiment(out_dir, scale, base, log):
+def density_experiment(out_dir, scale, sweep):
     runs = {}
     for density in DENSITIES[scale]:
         runs[f"resnet-d{density}"] = {"density": density}
         runs[f"vit-d{density}"] = {**VIT[scale], "density": density}
-    results = run_sweep(out_dir, base, runs, log)
+    results = sweep.run(runs)
     save_raw(out_dir, results)
     rows = [[name, r["config"]["density"], round(r["summary"]["effective_parameters"]), best(r)]
             for name, r in results.items()]
@@ -116,10 +116,10 @@ GRID = {"quick": ([8, 16], [1, 2, 4]), "paper": ([32, 64, 128], [2, 4, 6, 12])}
 
 
 @experiment("width-depth", "Width matters more than depth: a 2-deep model 2x wider beats a 12-deep one.")
-def width_depth_experiment(out_dir, scale, base, log):
+def width_depth_experiment(out_dir, scale, sweep):
     widths, depths = GRID[scale]
     runs = {f"w{w}-d{d}": {"width": w, "depth": d} for w in widths for d in depths}
-    results = run_sweep(out_dir, base, runs, log)
+    results = sweep.run(runs)
     save_raw(out_dir, results)
     rows = [[name, r["config"]["width"], r["config"]["depth"], r["summary"]["parameters"],
              round(r["summary"]["flops_per_image"]), best(r)] for name, r in results.items()]
@@ -142,10 +142,10 @@ DEQ_RUNS = ("implicit", "phantom", "one_step", "implicit_jr")
 
 
 @experiment("deq", "Weight-tied multi-mask models beat DEQ variants in accuracy and run over 3x faster.")
-def deq_experiment(out_dir, scale, base, log):
+def deq_experiment(out_dir, scale, sweep):
     runs = {"weight-tied-multi": {"mask_mode": "multi"}}
     runs.update({f"deq-{variant}": {"deq": variant, "mask_mode": "same"} for variant in DEQ_RUNS})
-    results = run_sweep(out_dir, base, runs, log)
+    results = sweep.run(runs)
     save_raw(out_dir, results)
     rows = []
     for name, r in results.items():
@@ -169,9 +169,9 @@ def deq_experiment(out_dir, scale, base, log):
 
 
 @experiment("cka", "Diverse masks lower the layer-wise similarity (CKA) of tied applications.")
-def cka_experiment(out_dir, scale, base, log):
+def cka_experiment(out_dir, scale, sweep):
     runs = {f"resnet-{mode}": {"mask_mode": mode} for mode in ("dense", "same", "multi")}
-    results = run_sweep(out_dir, base, runs, log)
+    results = sweep.run(runs)
     matrices = {}
     for name, r in results.items():
         config = TrainConfig(**{**r["config"], "progress": False})
@@ -181,7 +181,7 @@ def cka_experiment(out_dir, scale, base, log):
         state = torch.load(Path(config.run_dir) / "checkpoint.pt", map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         loader = DeviceLoader(data.test, 128, data.mean, data.std, train=False)
-        log(f"CKA of {name} on {len(data.test)} test images")
+        sweep.log(f"CKA of {name} on {len(data.test)} test images")
         names, matrix = cka_matrix(model, loader.epoch(0), max_batches=20)
         matrices[name] = {"names": names, "cka": matrix.tolist()}
     (out_dir / "cka_matrices.json").write_text(json.dumps(matrices, indent=1) + "\n")

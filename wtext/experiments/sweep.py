@@ -51,3 +51,28 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+class PlanShown(Exception):
+    """Raised by a dry-run sweep once it has shown its plan."""
+
+
+class Sweep:
+    """What an experiment trains its runs with: run(runs) trains (or, dry_run, lists and validates) them."""
+
+    def __init__(self, out_dir: Path, base: dict, log=print, dry_run: bool = False):
+        self.out_dir, self.base, self.log, self.dry_run = out_dir, base, log, dry_run
+
+    def run(self, runs: dict[str, dict]) -> dict[str, dict]:
+        if not self.dry_run:
+            return run_sweep(self.out_dir, self.base, runs, self.log)
+        from wtext.models import describe
+        from wtext.train.loop import model_for
+
+        for name, overrides in runs.items():
+            config = TrainConfig(**{**self.base, **overrides, "run_dir": str(self.out_dir / "runs" / name)})
+            facts = describe(model_for(config, 10 if config.dataset != "imagenet32" else 1000))
+            changed = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "base options"
+            self.log(f"{name:<22} {changed:<48} {facts['stored']:>12,} params  {config.epochs} epochs on "
+                     f"{config.dataset}")
+        raise PlanShown
