@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+from wtext.validation import require_ints
+
 from .anderson import check_anderson_options
 from .registry import get_solver
 from .tracking import STOP_MODES
@@ -54,23 +56,17 @@ class DEQConfig:
                 raise ValueError(f"{prefix}_tol must be > 0; got {prefix}_tol={tol!r}")
             if stop_mode not in STOP_MODES:
                 raise ValueError(f"{prefix}_stop_mode must be one of {STOP_MODES}; got {prefix}_stop_mode={stop_mode!r}")
+        require_ints(self, ("phantom_steps", "broyden_memory", "jac_reg_vectors"))
+        require_ints(self, ("correction_points",), minimum=0)
         if self.backward not in BACKWARD_MODES:
             raise ValueError(f"backward must be one of {BACKWARD_MODES}; got backward={self.backward!r}")
-        if not isinstance(self.phantom_steps, int) or self.phantom_steps < 1:
-            raise ValueError(f"phantom_steps must be an int >= 1; got phantom_steps={self.phantom_steps!r}")
         if not 0 < self.phantom_tau <= 1:
             raise ValueError(f"phantom_tau must be in (0, 1]; got phantom_tau={self.phantom_tau!r}")
         check_anderson_options(self.anderson_m, self.anderson_lam, self.anderson_beta)
-        if not isinstance(self.broyden_memory, int) or self.broyden_memory < 1:
-            raise ValueError(f"broyden_memory must be an int >= 1; got broyden_memory={self.broyden_memory!r}")
         if not self.divergence_ratio > 1:
             raise ValueError(f"divergence_ratio must be > 1; got divergence_ratio={self.divergence_ratio!r}")
         if not self.jac_reg_weight >= 0:
             raise ValueError(f"jac_reg_weight must be >= 0; got jac_reg_weight={self.jac_reg_weight!r}")
-        if not isinstance(self.jac_reg_vectors, int) or self.jac_reg_vectors < 1:
-            raise ValueError(f"jac_reg_vectors must be an int >= 1; got jac_reg_vectors={self.jac_reg_vectors!r}")
-        if not isinstance(self.correction_points, int) or self.correction_points < 0:
-            raise ValueError(f"correction_points must be an int >= 0; got correction_points={self.correction_points!r}")
 
     def solver_options(self, solver: str) -> dict:
         """The options of the named solver that this config sets."""

@@ -9,6 +9,7 @@ from torch import nn
 
 from wtext.deq import DEQ, DEQConfig, DEQOutput
 from wtext.nn import MaskSpec, TiedMaskedWeight, autocast_dtype
+from wtext.validation import require_ints
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,7 @@ class TiedResNetConfig:
     deq: DEQConfig | None = None
 
     def __post_init__(self):
-        for name in ("width", "expansion", "depth", "stages", "groups", "num_classes", "in_channels"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1; got {name}={value!r}")
+        require_ints(self, ("width", "expansion", "depth", "stages", "groups", "num_classes", "in_channels"))
         if self.width % self.groups:
             raise ValueError(f"width must be divisible by the GroupNorm groups; got width={self.width}, "
                              f"groups={self.groups}")

@@ -9,6 +9,7 @@ from torch import nn
 
 from wtext.deq import DEQ, DEQConfig, DEQOutput
 from wtext.nn import MaskSpec, TiedMaskedWeight, autocast_dtype
+from wtext.validation import require_ints
 
 
 @dataclass(frozen=True)
@@ -32,10 +33,7 @@ class TiedViTConfig:
     deq: DEQConfig | None = None
 
     def __post_init__(self):
-        for name in ("dim", "heads", "depth", "mlp_ratio", "patch", "image_size", "num_classes", "in_channels"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1; got {name}={value!r}")
+        require_ints(self, ("dim", "heads", "depth", "mlp_ratio", "patch", "image_size", "num_classes", "in_channels"))
         if self.dim % self.heads:
             raise ValueError(f"dim must be divisible by heads; got dim={self.dim}, heads={self.heads}")
         if self.pool not in ("cls", "mean"):

@@ -172,13 +172,15 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         self.model.eval()
-        loss = correct = count = 0.0
+        # Summed on the device and read back once, not once per batch.
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
         for images, labels in self.test_loader.epoch(0):
             with self.autocast:
                 logits = self.core(images)
-            loss += F.cross_entropy(logits.float(), labels, reduction="sum").item()
-            correct += (logits.argmax(1) == labels).sum().item()
-            count += labels.numel()
+            sums[0] += F.cross_entropy(logits.float(), labels, reduction="sum")
+            sums[1] += (logits.argmax(1) == labels).sum()
+        loss, correct = sums.tolist()
+        count = len(self.data.test)
         return loss / count, correct / count
 
     # -- training ---------------------------------------------------------------------------------------------
