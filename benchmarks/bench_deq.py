@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from timing import median_ms, print_table
+from timing import median_ms, print_profile, print_table
 from wtext import deq, ops
 from wtext.deq.backward import ImplicitGradient
 
@@ -115,6 +115,26 @@ def counting_host_reads(device):
         torch.Tensor.item, torch.Tensor.tolist = originals
 
 
+def print_cell_share(cell, x, args, autocast, reference_ms, device):
+    """How much of a step is the cell itself (the part no solver can speed up): the time of the step's cell
+    evaluations and vector-Jacobian products alone, and the ratio to the reference that this leaves as a floor."""
+    z = torch.randn_like(x)
+    with torch.no_grad(), autocast:
+        cell_ms = median_ms(lambda: cell(z, x), device, args.warmup, args.repeats)
+    with autocast, torch.enable_grad():
+        z_grad = z.clone().requires_grad_()
+        fz = cell(z_grad, x)
+    y = torch.randn_like(fz)
+    vjp_ms = median_ms(lambda: torch.autograd.grad(fz, z_grad, y, retain_graph=True), device, args.warmup,
+                       args.repeats)
+    # forward: `iters` evaluations plus one with the graph; backward: one re-evaluation, `backward_iters` VJPs and
+    # the final backward to the parameters (about one more VJP)
+    floor = (args.iters + 2) * cell_ms + (args.backward_iters + 1) * vjp_ms
+    print(f"\ncell alone: forward {cell_ms:.3f} ms, vector-Jacobian product {vjp_ms:.3f} ms; "
+          f"the step's cell work {floor:.2f} ms = {floor / reference_ms:.2f}x the reference "
+          f"(the lowest ratio any solver could reach with the same cell and iteration counts)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -126,6 +146,7 @@ def main():
     parser.add_argument("--bf16", action="store_true", help="run the cell under bfloat16 autocast (CUDA)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--profile", action="store_true", help="print the kernels of one wtext step by time")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -164,6 +185,9 @@ def main():
             deq.get_solver("anderson")(f, torch.zeros_like(x), max_iter=args.iters, tol=1e-12)
     kind = "CUDA synchronizations" if device.type == "cuda" else "Tensor.item()/tolist() calls"
     print(f"\nhost reads in one forward solve ({kind}): reference {reference_reads[0]}, wtext {wtext_reads[0]}")
+    print_cell_share(cell, x, args, autocast, dict(rows)["PyTorch Anderson, .item() per step + implicit"], device)
+    if args.profile:
+        print_profile("one wtext step", run_wtext, device)
 
 
 if __name__ == "__main__":

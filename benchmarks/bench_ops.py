@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import wtext.ops as ops
-from timing import median_ms, print_table
+from timing import median_ms, print_profile, print_table
 
 
 def eager_masks(shape, layers, seed, density, device):
@@ -84,6 +84,9 @@ def bench_conv(device, args, dtype, channels):
     name = str(dtype).replace("torch.", "")
     print_table(f"workload A: 3x3 conv fwd+bwd, N={args.batch}, C={channels}, {args.size}x{args.size}, "
                 f"channels_last, {name}, density {args.density}", rows, "cuDNN dense conv2d")
+    if args.profile:
+        print_profile(f"wtext masked_conv2d fwd+bwd, C={channels}, {name}", wtext_conv, device)
+        print_profile(f"cuDNN dense conv2d fwd+bwd, C={channels}, {name}", dense, device)
 
 
 def main():
@@ -98,6 +101,7 @@ def main():
     parser.add_argument("--conv-channels", type=int, nargs="+", default=[128, 256], help="workload A widths")
     parser.add_argument("--warmup", type=int, default=5, help="untimed calls before timing (default 5)")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls; the median is reported (default 20)")
+    parser.add_argument("--profile", action="store_true", help="print the kernels of the wtext and dense conv by time")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     args = parser.parse_args()
 

@@ -35,3 +35,18 @@ def print_table(title: str, rows: list[tuple[str, float]], baseline: str) -> Non
     print(f"{'case':<48} {'ms':>10} {'vs ' + baseline:>24}")
     for name, ms in rows:
         print(f"{name:<48} {ms:>10.3f} {ms / base:>23.2f}x")
+
+
+def print_profile(title: str, step, device: torch.device, rows: int = 18) -> None:
+    """The kernels of one call of step() by device time (CPU time on the CPU): where the time goes."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    step()
+    with torch.profiler.profile(activities=activities) as profile:
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"\nprofile of {title}:")
+    print(profile.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=60))
