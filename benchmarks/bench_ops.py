@@ -6,6 +6,10 @@
 
 Targets (see the ops issue): CPU, L=6 layers of a 256x256x3x3 weight, wtext >= 2x faster than eager PyTorch
 (masks built, multiplied, gradients summed); H100, workload A, C=256, bf16, density 0.5: wtext <= 1.05x cuDNN dense.
+
+Workload A prints three times per case (see timing.Timing): latency (each call synchronized: includes the host's
+time to reach the first kernel), steady state (calls back to back, as in training; the ratio is taken on it) and
+the host's time to issue one call. A case whose steady time is close to its host time is launch-bound.
 """
 
 import argparse
@@ -14,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import wtext.ops as ops
-from timing import median_ms, print_profile, print_table
+from timing import measure, median_ms, print_profile, print_table, print_timing_table
 
 
 def eager_masks(shape, layers, seed, density, device):
@@ -76,13 +80,13 @@ def bench_conv(device, args, dtype, channels):
     def wtext_conv():
         ops.masked_conv2d(x, weight, None, 1, 0, args.density, args.pattern, 1, 1).backward(grad)
 
-    rows = [("cuDNN dense conv2d", median_ms(dense, device, args.warmup, args.repeats)),
-            ("eager conv2d(x, w*mask)", median_ms(eager_masked, device, args.warmup, args.repeats))]
+    rows = [("cuDNN dense conv2d", measure(dense, device, args.warmup, args.repeats)),
+            ("eager conv2d(x, w*mask)", measure(eager_masked, device, args.warmup, args.repeats))]
     if not args.no_compile:
-        rows.append(("torch.compile conv2d(x, w*mask)", median_ms(compiled, device, args.warmup, args.repeats)))
-    rows.append((f"wtext masked_conv2d ({args.pattern})", median_ms(wtext_conv, device, args.warmup, args.repeats)))
+        rows.append(("torch.compile conv2d(x, w*mask)", measure(compiled, device, args.warmup, args.repeats)))
+    rows.append((f"wtext masked_conv2d ({args.pattern})", measure(wtext_conv, device, args.warmup, args.repeats)))
     name = str(dtype).replace("torch.", "")
-    print_table(f"workload A: 3x3 conv fwd+bwd, N={args.batch}, C={channels}, {args.size}x{args.size}, "
+    print_timing_table(f"workload A: 3x3 conv fwd+bwd, N={args.batch}, C={channels}, {args.size}x{args.size}, "
                 f"channels_last, {name}, density {args.density}", rows, "cuDNN dense conv2d")
     if args.profile:
         print_profile(f"wtext masked_conv2d fwd+bwd, C={channels}, {name}", wtext_conv, device)

@@ -2,6 +2,7 @@
 
 import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -26,6 +27,48 @@ def median_ms(fn, device: torch.device, warmup: int = 5, repeats: int = 20) -> f
             fn()
             times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
+
+
+@dataclass
+class Timing:
+    """latency: one call from an idle device to its last kernel (synchronized before and after each call);
+    steady: the cost per call when calls run back to back, as in training, where the host queues work ahead of the
+    device (events around a run of calls, one synchronization at the end); host: the host's time to issue one call
+    (queueing only), which bounds steady from below when a call is launch-bound."""
+
+    latency: float
+    steady: float
+    host: float
+
+
+def measure(fn, device: torch.device, warmup: int = 5, repeats: int = 20) -> Timing:
+    """Timing of fn() in milliseconds (medians over `repeats`; CPU: all three are the wall time)."""
+    latency = median_ms(fn, device, warmup, repeats)
+    if device.type != "cuda":
+        return Timing(latency, latency, latency)
+    runs, steady, host = 5, [], []
+    for _ in range(runs):
+        torch.cuda.synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        host_start = time.perf_counter()
+        start.record()
+        for _ in range(repeats):
+            fn()
+        end.record()
+        host.append((time.perf_counter() - host_start) * 1e3 / repeats)
+        end.synchronize()
+        steady.append(start.elapsed_time(end) / repeats)
+    return Timing(latency, statistics.median(steady), statistics.median(host))
+
+
+def print_timing_table(title: str, rows: list[tuple[str, Timing]], baseline: str) -> None:
+    """Prints latency, steady-state and host times, and the steady-state ratio to the named baseline row."""
+    base = dict(rows)[baseline].steady
+    print(f"\n{title}")
+    print(f"{'case':<40} {'latency ms':>11} {'steady ms':>10} {'host ms':>8} {'steady vs ' + baseline:>30}")
+    for name, timing in rows:
+        print(f"{name:<40} {timing.latency:>11.3f} {timing.steady:>10.3f} {timing.host:>8.3f} "
+              f"{timing.steady / base:>29.2f}x")
 
 
 def print_table(title: str, rows: list[tuple[str, float]], baseline: str) -> None:

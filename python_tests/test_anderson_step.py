@@ -22,21 +22,23 @@ def reference_weights(gram, lam, newest):
 def run_steps(device, dtype, batch=3, dim=10, m=3, steps=7, lam=1e-3, beta=0.7):
     """Drives the op through `steps` steps on random iterates, checking each against the reference."""
     generator = torch.Generator().manual_seed(1)
-    x_history = torch.zeros(batch, m, dim, dtype=dtype, device=device)
-    f_history = torch.zeros_like(x_history)
+    g_history = torch.zeros(batch, m, dim, dtype=dtype, device=device)
+    f_history = torch.zeros_like(g_history)
     gram = torch.zeros(batch, m, m, dtype=dtype, device=device)
-    ref_x, ref_f = x_history.clone().cpu(), f_history.clone().cpu()
+    ref_x, ref_f = g_history.clone().cpu(), f_history.clone().cpu()
     for step in range(steps):
         x = torch.randn(batch, dim, generator=generator, dtype=dtype)
         fx = torch.randn(batch, dim, generator=generator, dtype=dtype)
-        x_next = torch.ops.wtext.anderson_step(x.to(device), fx.to(device), x_history, f_history, gram, step, lam,
+        x_next = torch.ops.wtext.anderson_step(x.to(device), fx.to(device), g_history, f_history, gram, step, lam,
                                                beta)
         slot, valid = step % m, min(step + 1, m)
         ref_x[:, slot], ref_f[:, slot] = x, fx
         residuals = (ref_f - ref_x)[:, :valid]
-        full_gram = residuals @ residuals.transpose(1, 2)
+        # the op accumulates dot products in float64, so the reference does too
+        full_gram = (residuals.double() @ residuals.double().transpose(1, 2)).to(dtype)
         torch.testing.assert_close(gram[:, :valid, :valid].cpu(), full_gram)
-        torch.testing.assert_close(x_history.cpu(), ref_x)
+        torch.testing.assert_close(g_history.cpu(), ref_f - ref_x)  # the op keeps residuals, not iterates
+        torch.testing.assert_close(f_history.cpu(), ref_f)
         for b in range(batch):
             alpha = reference_weights(full_gram[b], lam, slot)
             expected = (alpha[:, None] * (beta * ref_f[b, :valid] + (1 - beta) * ref_x[b, :valid])).sum(0)
@@ -47,24 +49,26 @@ def run_steps(device, dtype, batch=3, dim=10, m=3, steps=7, lam=1e-3, beta=0.7):
 def test_matches_reference_over_many_steps(device, dtype):
     run_steps(device, dtype)
     run_steps(device, dtype, batch=1, dim=1, m=1, steps=3, lam=0.0, beta=1.0)
+    # longer than one CUDA block's chunk (4096) and not a multiple of it; beta = 1 takes the undamped mix
+    run_steps(device, dtype, batch=2, dim=9001, m=4, steps=6, beta=1.0)
 
 
 def test_singular_system_falls_back_to_plain_step_without_nan(device):
     batch, dim, m = 2, 6, 4
-    x_history = torch.zeros(batch, m, dim, device=device)
-    f_history, gram = torch.zeros_like(x_history), torch.zeros(batch, m, m, device=device)
+    g_history = torch.zeros(batch, m, dim, device=device)
+    f_history, gram = torch.zeros_like(g_history), torch.zeros(batch, m, m, device=device)
     residual = torch.randn(batch, dim, device=device)
     for step in range(5):  # the same residual every step: a rank-one Gram matrix, singular without regularization
         x = torch.randn(batch, dim, device=device)
-        x_next = torch.ops.wtext.anderson_step(x, x + residual, x_history, f_history, gram, step, 0.0, 1.0)
+        x_next = torch.ops.wtext.anderson_step(x, x + residual, g_history, f_history, gram, step, 0.0, 1.0)
         assert torch.isfinite(x_next).all()
     torch.testing.assert_close(x_next, x + residual)  # the fallback is the plain step f(x)
 
 
 def test_zero_residual_gives_plain_step(device):
     x = torch.randn(2, 5, device=device)
-    x_history = torch.zeros(2, 3, 5, device=device)
-    out = torch.ops.wtext.anderson_step(x, x.clone(), x_history, torch.zeros_like(x_history),
+    g_history = torch.zeros(2, 3, 5, device=device)
+    out = torch.ops.wtext.anderson_step(x, x.clone(), g_history, torch.zeros_like(g_history),
                                         torch.zeros(2, 3, 3, device=device), 0, 1e-4, 1.0)
     torch.testing.assert_close(out, x)
 

@@ -49,6 +49,44 @@ def test_anderson_and_broyden_beat_plain_iteration_when_ill_conditioned(device):
 
 
 @pytest.mark.parametrize("name", SOLVER_NAMES)
+def test_channels_last_states_stay_channels_last_and_solve_the_same(device, name):
+    """A convolutional cell's state keeps its layout through the solve (no per-step conversions), and the
+    result is the one the contiguous state gives."""
+    generator = torch.Generator().manual_seed(3)
+    weight = (0.2 * torch.randn(6, 6, 3, 3, generator=generator, dtype=torch.float64)).to(device)
+    x = torch.randn(2, 6, 5, 4, generator=generator, dtype=torch.float64).to(device)
+    layouts = []
+
+    def cell(z):
+        layouts.append(z.is_contiguous(memory_format=torch.channels_last))
+        return torch.tanh(torch.nn.functional.conv2d(z, weight, padding=1) + x)
+
+    results = {}
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        layouts.clear()
+        z0 = torch.zeros_like(x).contiguous(memory_format=memory_format)
+        z, stats = deq.get_solver(name)(cell, z0, max_iter=40, tol=1e-10, stop_mode="abs")
+        if memory_format == torch.channels_last:
+            assert all(layouts), layouts
+        results[memory_format] = z
+    torch.testing.assert_close(results[torch.channels_last], results[torch.contiguous_format], rtol=0, atol=1e-9)
+
+
+def test_sample_flattener_is_a_view_both_ways():
+    from wtext.deq.layout import SampleFlattener
+
+    state = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    layout = SampleFlattener(state)
+    flat = layout.flatten(state)
+    assert flat.shape == (2, 60) and flat.data_ptr() == state.data_ptr()
+    back = layout.unflatten(flat)
+    assert back.data_ptr() == state.data_ptr() and torch.equal(back, state)
+    assert back.is_contiguous(memory_format=torch.channels_last)
+    plain = SampleFlattener(torch.randn(2, 7))
+    assert torch.equal(plain.unflatten(plain.flatten(torch.ones(2, 7))), torch.ones(2, 7))
+
+
+@pytest.mark.parametrize("name", SOLVER_NAMES)
 def test_finished_samples_stop_changing(device, name):
     f, b, _ = contractive_problem(device)
     z0 = torch.zeros_like(b)

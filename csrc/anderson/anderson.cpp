@@ -1,12 +1,16 @@
 // Schema and argument checks of anderson_step.
 //
-// anderson_step(x, fx, x_history, f_history, gram, step, lam, beta) -> x_next
+// anderson_step(x, fx, g_history, f_history, gram, step, lam, beta) -> x_next
 //   x, fx:      [B, d]     the current iterate and f(x)
-//   x_history:  [B, m, d]  ring buffer of iterates      (updated in place: slot step % m <- x)
-//   f_history:  [B, m, d]  ring buffer of f(iterates)   (updated in place: slot step % m <- fx)
-//   gram:       [B, m, m]  Gram matrix of the residuals f - x in the window (updated in place: only the newest
+//   g_history:  [B, m, d]  ring buffer of residuals g = f(x) - x  (updated in place: slot step % m <- fx - x)
+//   f_history:  [B, m, d]  ring buffer of f(iterates)            (updated in place: slot step % m <- fx)
+//   gram:       [B, m, m]  Gram matrix of the residuals in the window (updated in place: only the newest
 //                          residual's row and column are recomputed, m dot products instead of m^2)
-//   x_next:     [B, d]     sum_i alpha_i (beta f_i + (1 - beta) x_i), alpha from anderson_solve.h
+//   x_next:     [B, d]     sum_i alpha_i (beta f_i + (1 - beta) x_i) = sum_i alpha_i f_i - (1 - beta) sum_i alpha_i g_i,
+//                          alpha from anderson_solve.h
+// Keeping residuals rather than iterates is what the step reads most: the Gram update streams the m residuals
+// once, and with beta = 1 the mix streams only the m images, so a step moves (m + 2) d values in and 3 d out per
+// sample instead of recomputing f_i - x_i from two histories.
 // The residual norm of the newest iterate is sqrt(gram[:, step % m, step % m]) afterwards, so callers can track
 // convergence on the device without another reduction.
 #include "anderson/anderson.h"
@@ -17,33 +21,33 @@
 
 namespace wtext {
 
-AndersonStepParams check_anderson_step(const at::Tensor& x, const at::Tensor& fx, const at::Tensor& x_history,
+AndersonStepParams check_anderson_step(const at::Tensor& x, const at::Tensor& fx, const at::Tensor& g_history,
                                        const at::Tensor& f_history, const at::Tensor& gram, int64_t step, double lam,
                                        double beta) {
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
               "anderson_step: x must be float32 or float64; got x.dtype=", x.scalar_type());
   TORCH_CHECK(x.dim() == 2, "anderson_step: x must have shape [B, d]; got x.shape=", x.sizes());
-  TORCH_CHECK(x_history.dim() == 3 && x_history.size(0) == x.size(0) && x_history.size(2) == x.size(1),
-              "anderson_step: x_history must have shape [B, m, d] = [", x.size(0), ", m, ", x.size(1),
-              "]; got x_history.shape=", x_history.sizes());
-  const int64_t window = x_history.size(1);
+  TORCH_CHECK(g_history.dim() == 3 && g_history.size(0) == x.size(0) && g_history.size(2) == x.size(1),
+              "anderson_step: g_history must have shape [B, m, d] = [", x.size(0), ", m, ", x.size(1),
+              "]; got g_history.shape=", g_history.sizes());
+  const int64_t window = g_history.size(1);
   TORCH_CHECK(window >= 1 && window <= kMaxAndersonWindow, "anderson_step: the window m must be in [1, ",
               kMaxAndersonWindow, "]; got m=", window);
   TORCH_CHECK(fx.sizes() == x.sizes(), "anderson_step: fx must have x's shape ", x.sizes(), "; got fx.shape=",
               fx.sizes());
-  TORCH_CHECK(f_history.sizes() == x_history.sizes(), "anderson_step: f_history must have x_history's shape ",
-              x_history.sizes(), "; got f_history.shape=", f_history.sizes());
+  TORCH_CHECK(f_history.sizes() == g_history.sizes(), "anderson_step: f_history must have g_history's shape ",
+              g_history.sizes(), "; got f_history.shape=", f_history.sizes());
   TORCH_CHECK(gram.dim() == 3 && gram.size(0) == x.size(0) && gram.size(1) == window && gram.size(2) == window,
               "anderson_step: gram must have shape [B, m, m] = [", x.size(0), ", ", window, ", ", window,
               "]; got gram.shape=", gram.sizes());
-  for (const at::Tensor* tensor : {&fx, &x_history, &f_history, &gram}) {
+  for (const at::Tensor* tensor : {&fx, &g_history, &f_history, &gram}) {
     TORCH_CHECK(tensor->scalar_type() == x.scalar_type(), "anderson_step: all tensors must have x's dtype ",
                 x.scalar_type(), "; got ", tensor->scalar_type());
     TORCH_CHECK(tensor->device() == x.device(), "anderson_step: all tensors must be on x's device ", x.device(),
                 "; got ", tensor->device());
   }
-  for (const at::Tensor* tensor : {&x_history, &f_history, &gram}) {
-    TORCH_CHECK(tensor->is_contiguous(), "anderson_step: x_history, f_history and gram must be contiguous "
+  for (const at::Tensor* tensor : {&g_history, &f_history, &gram}) {
+    TORCH_CHECK(tensor->is_contiguous(), "anderson_step: g_history, f_history and gram must be contiguous "
                 "(they are updated in place)");
   }
   TORCH_CHECK(step >= 0, "anderson_step: step must be >= 0; got step=", step);
@@ -63,7 +67,7 @@ AndersonStepParams check_anderson_step(const at::Tensor& x, const at::Tensor& fx
 
 TORCH_LIBRARY_FRAGMENT(wtext, m) {
   m.def(
-      "anderson_step(Tensor x, Tensor fx, Tensor(a!) x_history, Tensor(b!) f_history, Tensor(c!) gram, int step, "
+      "anderson_step(Tensor x, Tensor fx, Tensor(a!) g_history, Tensor(b!) f_history, Tensor(c!) gram, int step, "
       "float lam, float beta) -> Tensor");
 }
 

@@ -17,7 +17,7 @@ struct AndersonStepParams {
 };
 
 // Validates shapes, dtypes and devices (errors name the argument and the value) and returns the step's params.
-AndersonStepParams check_anderson_step(const at::Tensor& x, const at::Tensor& fx, const at::Tensor& x_history,
+AndersonStepParams check_anderson_step(const at::Tensor& x, const at::Tensor& fx, const at::Tensor& g_history,
                                        const at::Tensor& f_history, const at::Tensor& gram, int64_t step, double lam,
                                        double beta);
 

@@ -4,6 +4,7 @@ import torch
 
 from wtext.ops import _extension  # noqa: F401  (registers torch.ops.wtext.anderson_step)
 
+from .layout import SampleFlattener
 from .registry import register_solver
 from .tracking import ConvergenceTracker
 
@@ -30,18 +31,19 @@ def anderson(f, z0: torch.Tensor, *, max_iter: int, tol: float, stop_mode: str =
     """
     check_anderson_options(m, lam, beta)
     tracker = ConvergenceTracker(z0, max_iter, tol, stop_mode, divergence_ratio, record_steps)
-    shape, batch = z0.shape, z0.shape[0]
+    batch = z0.shape[0]
+    layout = SampleFlattener(z0)
     solve_dtype = torch.float64 if z0.dtype == torch.float64 else torch.float32
-    x_history = z0.new_zeros((batch, m, z0[0].numel()), dtype=solve_dtype)
-    f_history = torch.zeros_like(x_history)
+    g_history = z0.new_zeros((batch, m, z0[0].numel()), dtype=solve_dtype)  # residuals f(z) - z
+    f_history = torch.zeros_like(g_history)
     gram = z0.new_zeros((batch, m, m), dtype=solve_dtype)
     z = z0
     for step in range(max_iter):
         fz = f(z)
         tracker.update(step, z, fz)
         z_next = torch.ops.wtext.anderson_step(
-            z.reshape(batch, -1).to(solve_dtype), fz.reshape(batch, -1).to(solve_dtype),
-            x_history, f_history, gram, step, lam, beta,
+            layout.flatten(z).to(solve_dtype), layout.flatten(fz).to(solve_dtype),
+            g_history, f_history, gram, step, lam, beta,
         )
-        z = tracker.keep_finished(z, z_next.view(shape).to(z0.dtype))
+        z = tracker.keep_finished(z, layout.unflatten(z_next).to(z0.dtype))
     return tracker.finish()

@@ -8,6 +8,7 @@ A pair whose denominator vanishes (e.g. a sample that has stopped) adds nothing.
 
 import torch
 
+from .layout import SampleFlattener
 from .registry import register_solver
 from .tracking import ConvergenceTracker
 
@@ -27,21 +28,22 @@ def broyden(f, z0: torch.Tensor, *, max_iter: int, tol: float, stop_mode: str = 
     if not isinstance(memory, int) or memory < 1:
         raise ValueError(f"broyden memory must be an int >= 1; got memory={memory!r}")
     tracker = ConvergenceTracker(z0, max_iter, tol, stop_mode, divergence_ratio, record_steps)
-    shape, batch = z0.shape, z0.shape[0]
+    batch = z0.shape[0]
+    layout = SampleFlattener(z0)
     dtype = torch.float64 if z0.dtype == torch.float64 else torch.float32
     dim = z0[0].numel()
     u = z0.new_zeros((batch, memory, dim), dtype=dtype)
     v = torch.zeros_like(u)
-    z = z0.reshape(batch, -1).to(dtype)
-    fz = f(z0).reshape(batch, -1).to(dtype)
+    z = layout.flatten(z0).to(dtype)
+    fz = layout.flatten(f(z0)).to(dtype)
     g = fz - z
     for step in range(max_iter):
-        tracker.update(step, z.view(shape).to(z0.dtype), fz.view(shape).to(z0.dtype))
+        tracker.update(step, layout.unflatten(z).to(z0.dtype), layout.unflatten(fz).to(z0.dtype))
         if step == max_iter - 1:
             break
         direction = -_apply(u, v, g)
         z_new = tracker.keep_finished(z, z + direction)
-        fz_new = f(z_new.view(shape).to(z0.dtype)).reshape(batch, -1).to(dtype)
+        fz_new = layout.flatten(f(layout.unflatten(z_new).to(z0.dtype))).to(dtype)
         g_new = fz_new - z_new
         s, y = z_new - z, g_new - g
         slot = step % memory

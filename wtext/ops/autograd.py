@@ -1,4 +1,5 @@
-"""Autograd formulas of the wtext ops. Each backward calls other registered ops, so torch.compile traces it."""
+"""Autograd formulas of the wtext ops registered from Python. Each backward calls other registered ops, so
+torch.compile traces it."""
 
 import torch
 
@@ -18,38 +19,13 @@ def _tied_backward(ctx, grad):
     return (grad_weight,) + (None,) * 8
 
 
-# masked_conv2d(x, weight, bias, seed, layer, density, pattern, nm_n, nm_m, stride, padding, dilation)
-def _layer_setup_context(ctx, inputs, output):
-    x, weight, bias, *ctx.layer_args = inputs
-    ctx.bias_dtype = None if bias is None else bias.dtype
-    ctx.save_for_backward(x, weight)
-
-
-def _bias_gradient(ctx, grad_out, reduce_dims):
-    if ctx.bias_dtype is None or not ctx.needs_input_grad[2]:
-        return None
-    return grad_out.sum(reduce_dims, dtype=ctx.bias_dtype)
-
-
-def _conv_backward(ctx, grad_out):
-    x, weight = ctx.saved_tensors
-    grad_x, grad_weight = torch.ops.wtext.masked_conv2d_backward(grad_out, x, weight, *ctx.layer_args)
-    grad_bias = _bias_gradient(ctx, grad_out, (0, 2, 3))
-    return (grad_x, grad_weight, grad_bias) + (None,) * 9
-
-
-def _linear_backward(ctx, grad_out):
-    x, weight = ctx.saved_tensors
-    grad_x, grad_weight = torch.ops.wtext.masked_linear_backward(grad_out, x, weight, *ctx.layer_args)
-    grad_bias = _bias_gradient(ctx, grad_out, tuple(range(grad_out.dim() - 1)))
-    return (grad_x, grad_weight, grad_bias) + (None,) * 6
+# masked_conv2d and masked_linear have their autograd in C++ (csrc/layer_autograd): they run once per tied
+# application, and a Python autograd wrapper tripled their host time.
 
 
 torch.library.register_autograd(
     "wtext::tied_masked_weights", _tied_backward, setup_context=_tied_setup_context
 )
-torch.library.register_autograd("wtext::masked_conv2d", _conv_backward, setup_context=_layer_setup_context)
-torch.library.register_autograd("wtext::masked_linear", _linear_backward, setup_context=_layer_setup_context)
 
 
 # Backward ops are differentiable too, so double backward (e.g. the Jacobian-vector products of a DEQ's Jacobian

@@ -61,5 +61,5 @@ def _masked_linear_backward_fake(grad_out, x, weight, seed, layer, density, patt
 
 
 @torch.library.register_fake("wtext::anderson_step")
-def _anderson_step_fake(x, fx, x_history, f_history, gram, step, lam, beta):
+def _anderson_step_fake(x, fx, g_history, f_history, gram, step, lam, beta):
     return x.new_empty(x.shape)
