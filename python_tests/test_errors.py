@@ -122,3 +122,18 @@ def test_tensors_on_different_devices():
     with pytest.raises(RuntimeError, match=r"grad and weight must be on the same device"):
         torch.ops.wtext.tied_masked_weights_backward(torch.randn(1, 6, 4, 3, 3), weight, [0], 0, 0.5, "bernoulli",
                                                      2, 4, "multi")
+
+
+
+def test_toolchain_check_tells_a_bundled_libstdcxx_from_a_linked_one():
+    """The import-time check of wtext/ops/toolchain.py: our extension links libstdc++ dynamically here, while
+    libstdc++ itself defines its own stream code."""
+    from wtext import _C
+    from wtext.ops.toolchain import bundled_libstdcxx_warning, defines_libstdcxx
+
+    assert not defines_libstdcxx(_C.__file__)
+    assert bundled_libstdcxx_warning(_C.__file__) is None
+    with open("/proc/self/maps") as maps:  # the libstdc++ this process runs with (torch loaded it)
+        libstdcxx = next(line.split()[-1] for line in maps if "libstdc++.so" in line.split()[-1])
+    assert defines_libstdcxx(libstdcxx)
+    assert "CXX=/usr/bin/g++" in bundled_libstdcxx_warning(libstdcxx)

@@ -8,6 +8,9 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <array>
+#include <atomic>
+
 #include "tied_masked_weights/tied_masked_weights.h"
 
 namespace wtext {
@@ -44,13 +47,29 @@ __global__ void backward_kernel(const TiedMaskParams params, const grad_t* __res
   }
 }
 
-int grid_size(int64_t numel) {
-  // Enough blocks to fill the GPU several times over; the grid-stride loop covers the rest.
+int multiprocessor_count() {
+  // Read once per device: a driver query on every launch adds host time to ops that run once per tied application.
   // (ATen/cuda/CUDAContext.h would give the SM count too, but it pulls in cuSPARSE/cuBLAS headers that a bare
   // CUDA toolkit need not have.)
-  int multiprocessors = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, c10::cuda::current_device()));
-  const int64_t max_blocks = static_cast<int64_t>(multiprocessors) * 32;
+  constexpr int kMaxDevices = 64;
+  static std::array<std::atomic<int>, kMaxDevices> counts{};
+  const int device = c10::cuda::current_device();
+  if (device >= kMaxDevices) {
+    int count = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+    return count;
+  }
+  int count = counts[device].load(std::memory_order_relaxed);
+  if (count == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+    counts[device].store(count, std::memory_order_relaxed);
+  }
+  return count;
+}
+
+int grid_size(int64_t numel) {
+  // Enough blocks to fill the GPU several times over; the grid-stride loop covers the rest.
+  const int64_t max_blocks = static_cast<int64_t>(multiprocessor_count()) * 32;
   const int64_t needed = (numel + kThreads - 1) / kThreads;
   return static_cast<int>(std::max<int64_t>(1, std::min(needed, max_blocks)));
 }

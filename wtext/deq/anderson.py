@@ -32,7 +32,7 @@ def anderson(f, z0: torch.Tensor, *, max_iter: int, tol: float, stop_mode: str =
     check_anderson_options(m, lam, beta)
     tracker = ConvergenceTracker(z0, max_iter, tol, stop_mode, divergence_ratio, record_steps)
     batch = z0.shape[0]
-    layout = SampleFlattener(z0)
+    layout = None
     solve_dtype = torch.float64 if z0.dtype == torch.float64 else torch.float32
     g_history = z0.new_zeros((batch, m, z0[0].numel()), dtype=solve_dtype)  # residuals f(z) - z
     f_history = torch.zeros_like(g_history)
@@ -40,6 +40,8 @@ def anderson(f, z0: torch.Tensor, *, max_iter: int, tol: float, stop_mode: str =
     z = z0
     for step in range(max_iter):
         fz = f(z)
+        if layout is None:
+            layout = SampleFlattener(fz)  # iterates take the layout the cell produces
         tracker.update(step, z, fz)
         z_next = torch.ops.wtext.anderson_step(
             layout.flatten(z).to(solve_dtype), layout.flatten(fz).to(solve_dtype),

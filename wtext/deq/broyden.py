@@ -29,13 +29,14 @@ def broyden(f, z0: torch.Tensor, *, max_iter: int, tol: float, stop_mode: str = 
         raise ValueError(f"broyden memory must be an int >= 1; got memory={memory!r}")
     tracker = ConvergenceTracker(z0, max_iter, tol, stop_mode, divergence_ratio, record_steps)
     batch = z0.shape[0]
-    layout = SampleFlattener(z0)
+    fz0 = f(z0)
+    layout = SampleFlattener(fz0)  # iterates take the layout the cell produces
     dtype = torch.float64 if z0.dtype == torch.float64 else torch.float32
     dim = z0[0].numel()
     u = z0.new_zeros((batch, memory, dim), dtype=dtype)
     v = torch.zeros_like(u)
     z = layout.flatten(z0).to(dtype)
-    fz = layout.flatten(f(z0)).to(dtype)
+    fz = layout.flatten(fz0).to(dtype)
     g = fz - z
     for step in range(max_iter):
         tracker.update(step, layout.unflatten(z).to(z0.dtype), layout.unflatten(fz).to(z0.dtype))
