@@ -87,7 +87,7 @@ def bench_conv(device, args, dtype, channels):
     rows.append((f"wtext masked_conv2d ({args.pattern})", measure(wtext_conv, device, args.warmup, args.repeats)))
     name = str(dtype).replace("torch.", "")
     print_timing_table(f"workload A: 3x3 conv fwd+bwd, N={args.batch}, C={channels}, {args.size}x{args.size}, "
-                f"channels_last, {name}, density {args.density}", rows, "cuDNN dense conv2d")
+                       f"channels_last, {name}, density {args.density}", rows, "cuDNN dense conv2d")
     if args.profile:
         print_profile(f"wtext masked_conv2d fwd+bwd, C={channels}, {name}", wtext_conv, device)
         print_profile(f"cuDNN dense conv2d fwd+bwd, C={channels}, {name}", dense, device)

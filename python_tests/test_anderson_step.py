@@ -25,7 +25,8 @@ def run_steps(device, dtype, batch=3, dim=10, m=3, steps=7, lam=1e-3, beta=0.7):
     g_history = torch.zeros(batch, m, dim, dtype=dtype, device=device)
     f_history = torch.zeros_like(g_history)
     gram = torch.zeros(batch, m, m, dtype=dtype, device=device)
-    ref_x, ref_f = g_history.clone().cpu(), f_history.clone().cpu()
+    ref_x = torch.zeros(batch, m, dim, dtype=dtype)  # the iterates and images the op was given, on the CPU
+    ref_f = torch.zeros_like(ref_x)
     for step in range(steps):
         x = torch.randn(batch, dim, generator=generator, dtype=dtype)
         fx = torch.randn(batch, dim, generator=generator, dtype=dtype)
@@ -49,7 +50,8 @@ def run_steps(device, dtype, batch=3, dim=10, m=3, steps=7, lam=1e-3, beta=0.7):
 def test_matches_reference_over_many_steps(device, dtype):
     run_steps(device, dtype)
     run_steps(device, dtype, batch=1, dim=1, m=1, steps=3, lam=0.0, beta=1.0)
-    # longer than one CUDA block's chunk (4096) and not a multiple of it; beta = 1 takes the undamped mix
+    # a state longer than one pass of a CUDA reduction block (256 threads), not a multiple of it; beta = 1 takes
+    # the undamped mix, which never reads the stored residuals
     run_steps(device, dtype, batch=2, dim=9001, m=4, steps=6, beta=1.0)
 
 

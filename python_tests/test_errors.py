@@ -124,7 +124,6 @@ def test_tensors_on_different_devices():
                                                      2, 4, "multi")
 
 
-
 def test_toolchain_check_tells_a_bundled_libstdcxx_from_a_linked_one():
     """The import-time check of wtext/ops/toolchain.py: our extension links libstdc++ dynamically here, while
     libstdc++ itself defines its own stream code."""
