@@ -40,9 +40,12 @@ def check_against_reference(ours, reference, inputs, rtol=None, atol=None):
     (1, 5, 1, 0, 1), (3, 8, 1, 1, 1), (5, 9, 2, 2, 1), (3, 1, 1, 1, 1), (3, 11, 2, 2, 2),
 ])
 @pytest.mark.parametrize("pattern,nm", PATTERN_CASES)
+@pytest.mark.parametrize("channels_last", [False, True])
 def test_masked_conv2d_equals_conv_of_masked_weight(device, channels, kernel, size, stride, padding, dilation,
-                                                    pattern, nm):
-    x, weight, bias = conv_case(device, channels, 5, kernel, size)
+                                                    pattern, nm, channels_last):
+    # channels_last x makes the masked weight be written, and its gradient read, in channels_last order through
+    # the kernels' index map (stored_offset / logical_index in csrc/mask/mask_plan.h).
+    x, weight, bias = conv_case(device, channels, 5, kernel, size, channels_last=channels_last)
 
     def ours(x, weight, bias):
         return ops.masked_conv2d(x, weight, bias, 21, 3, 0.5, pattern, stride, padding, dilation, nm=nm)

@@ -32,6 +32,16 @@ void save_mask_arguments(AutogradContext* ctx, int64_t seed, int64_t layer, doub
   ctx->saved_data["bias_dtype"] = bias.has_value() ? static_cast<int64_t>(bias->scalar_type()) : int64_t{-1};
 }
 
+// Runs a backward op. Unless the backward itself is being recorded (create_graph=True, for double backward), the
+// op's autograd kernel is skipped: it is the Python formula of wtext/ops/autograd.py, and entering the interpreter
+// on every backward cost a third of the host time of a masked conv's fwd+bwd (dev CPU: 77 -> 62 us).
+template <typename Call>
+auto call_backward_op(const Call& call) {
+  if (at::GradMode::is_enabled()) return call();
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return call();
+}
+
 // dL/dbias = grad_out summed over every dimension but the channel one, in the bias's dtype.
 at::Tensor bias_gradient(AutogradContext* ctx, const at::Tensor& grad_out, at::IntArrayRef reduce_dims) {
   const int64_t bias_dtype = ctx->saved_data["bias_dtype"].toInt();
@@ -78,10 +88,11 @@ class MaskedConv2dFunction : public torch::autograd::Function<MaskedConv2dFuncti
     const std::vector<int64_t> dilation = data["dilation"].toIntVector();
     at::Tensor grad_x, grad_weight;
     if (ctx->needs_input_grad(0) || ctx->needs_input_grad(1)) {
-      std::tie(grad_x, grad_weight) =
-          op.call(grad_out, saved[0], saved[1], data["seed"].toInt(), data["layer"].toInt(),
-                  data["density"].toDouble(), pattern, data["nm_n"].toInt(), data["nm_m"].toInt(), stride, padding,
-                  dilation);
+      std::tie(grad_x, grad_weight) = call_backward_op([&] {
+        return op.call(grad_out, saved[0], saved[1], data["seed"].toInt(), data["layer"].toInt(),
+                       data["density"].toDouble(), pattern, data["nm_n"].toInt(), data["nm_m"].toInt(), stride,
+                       padding, dilation);
+      });
     }
     const std::array<int64_t, 3> reduce_dims{0, 2, 3};
     return {grad_x, grad_weight, bias_gradient(ctx, grad_out, reduce_dims), at::Tensor(), at::Tensor(), at::Tensor(),
@@ -120,9 +131,10 @@ class MaskedLinearFunction : public torch::autograd::Function<MaskedLinearFuncti
     const std::string pattern = data["pattern"].toStringRef();
     at::Tensor grad_x, grad_weight;
     if (ctx->needs_input_grad(0) || ctx->needs_input_grad(1)) {
-      std::tie(grad_x, grad_weight) =
-          op.call(grad_out, saved[0], saved[1], data["seed"].toInt(), data["layer"].toInt(),
-                  data["density"].toDouble(), pattern, data["nm_n"].toInt(), data["nm_m"].toInt());
+      std::tie(grad_x, grad_weight) = call_backward_op([&] {
+        return op.call(grad_out, saved[0], saved[1], data["seed"].toInt(), data["layer"].toInt(),
+                       data["density"].toDouble(), pattern, data["nm_n"].toInt(), data["nm_m"].toInt());
+      });
     }
     std::vector<int64_t> reduce_dims(static_cast<size_t>(std::max<int64_t>(grad_out.dim() - 1, 0)));
     for (size_t d = 0; d < reduce_dims.size(); ++d) reduce_dims[d] = static_cast<int64_t>(d);

@@ -22,8 +22,34 @@ struct TiedMaskParams {
   int nm_n = 2;
   int nm_m = 4;
   int num_layers = 0;
+  // How the per-layer tensor a kernel writes (forward) or reads (backward) is laid out in memory. The mask is
+  // always a function of the logical row-major index; only addresses change. 0 means row-major. Otherwise the
+  // tensor is a channels_last [out, in, kh, kw] weight, stored [out, kh, kw, in], with in = channels_last_in and
+  // kh*kw = channels_last_spatial: writing and reading it in place saves a layout copy (one kernel launch) per call.
+  int64_t channels_last_in = 0;
+  int64_t channels_last_spatial = 1;
   LayerMask layers[kMaxLayersPerLaunch];
 };
+
+// Memory offset of logical element i (row-major [out, in, kh, kw] index) in the params' stored layout. The
+// arithmetic is 32-bit (weights have fewer than 2^32 elements, see check_mask_arguments): a 64-bit division costs
+// several times more on a GPU.
+WTEXT_HD int64_t stored_offset(const TiedMaskParams& params, int64_t i) {
+  if (params.channels_last_in == 0) return i;
+  const auto in = static_cast<uint32_t>(params.channels_last_in);
+  const auto spatial = static_cast<uint32_t>(params.channels_last_spatial);
+  const uint32_t r = static_cast<uint32_t>(i) % static_cast<uint32_t>(params.reduction);  // c * spatial + k
+  return (i - r) + static_cast<int64_t>((r % spatial) * in + r / spatial);
+}
+
+// The inverse: the logical index of the element stored at memory offset s.
+WTEXT_HD int64_t logical_index(const TiedMaskParams& params, int64_t s) {
+  if (params.channels_last_in == 0) return s;
+  const auto in = static_cast<uint32_t>(params.channels_last_in);
+  const auto spatial = static_cast<uint32_t>(params.channels_last_spatial);
+  const uint32_t r = static_cast<uint32_t>(s) % static_cast<uint32_t>(params.reduction);  // k * in + c
+  return (s - r) + static_cast<int64_t>((r % in) * spatial + r / in);
+}
 
 // A whole request: the pattern plus one TiedMaskParams per chunk of at most kMaxLayersPerLaunch layers.
 struct TiedMaskPlan {

@@ -1,9 +1,10 @@
 // Masked 2-d convolution: conv2d(x, W ⊙ M_layer) with the mask derived on the device, never stored.
 //
-// This first version materializes the masked weight (one small fused mask+cast kernel, directly in x's dtype and
-// layout) and hands it to the backend's convolution (cuDNN on CUDA, oneDNN/native on CPU). The forward and backward
-// are ops of their own, registered per dispatch key, so a direct implicit-GEMM kernel that applies the mask while
-// loading weight tiles can replace the CUDA registration without touching the schema or the Python side.
+// This first version materializes the masked weight (one small fused mask+cast kernel, written directly in x's
+// dtype and layout) and hands it to the backend's convolution (cuDNN on CUDA, oneDNN/native on CPU); in backward
+// one kernel masks the weight gradient, reading it in place in the layout the backend returns. The forward and
+// backward are ops of their own, registered per dispatch key, so a direct implicit-GEMM kernel that applies the
+// mask while loading weight tiles can replace the CUDA registration without touching the schema or the Python side.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -44,8 +45,8 @@ void check_conv_arguments(const at::Tensor& x, const at::Tensor& weight, const s
 at::Tensor effective_conv_weight(const at::Tensor& x, const at::Tensor& weight, int64_t seed, int64_t layer,
                                  double density, c10::string_view pattern, int64_t nm_n, int64_t nm_m) {
   // Matching x's layout avoids a weight reorder inside the convolution backend.
-  return masked_weight(weight, seed, layer, density, std::string(pattern), nm_n, nm_m, x.scalar_type())
-      .contiguous(layer_memory_format(x));
+  return masked_weight(weight, seed, layer, density, std::string(pattern), nm_n, nm_m, x.scalar_type(),
+                       layer_memory_format(x));
 }
 
 at::Tensor masked_conv2d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,

@@ -3,6 +3,7 @@
 
 #include <torch/library.h>
 
+#include <array>
 #include <vector>
 
 namespace wtext {
@@ -83,25 +84,63 @@ TORCH_LIBRARY_FRAGMENT(wtext, m) {
 
 namespace wtext {
 
+namespace {
+
+std::array<const TiedMaskKernels*, static_cast<size_t>(c10::DeviceType::COMPILE_TIME_MAX_DEVICE_TYPES)>&
+kernel_table() {
+  static std::array<const TiedMaskKernels*, static_cast<size_t>(c10::DeviceType::COMPILE_TIME_MAX_DEVICE_TYPES)>
+      table{};
+  return table;
+}
+
+// Marks a 4-d tensor stored channels_last as such in params, so the kernels address it in place. Tensors that are
+// channels_last and row-major at once (in = 1 or kh = kw = 1) need no index map.
+void set_stored_layout(TiedMaskParams& params, const at::Tensor& stored) {
+  if (stored.dim() == 4 && !stored.is_contiguous() && stored.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    params.channels_last_in = stored.size(1);
+    params.channels_last_spatial = stored.size(2) * stored.size(3);
+  }
+}
+
+}  // namespace
+
+void register_tied_mask_kernels(c10::DeviceType device_type, const TiedMaskKernels& kernels) {
+  kernel_table()[static_cast<size_t>(device_type)] = &kernels;
+}
+
+const TiedMaskKernels& tied_mask_kernels(c10::DeviceType device_type) {
+  const TiedMaskKernels* kernels = kernel_table()[static_cast<size_t>(device_type)];
+  TORCH_CHECK(kernels != nullptr, "wtext has no mask kernels for device type ", device_type,
+              " (wtext._C was built without them)");
+  return *kernels;
+}
+
 at::Tensor masked_weight(const at::Tensor& weight, int64_t seed, int64_t layer, double density,
-                         const std::string& pattern, int64_t nm_n, int64_t nm_m, at::ScalarType dtype) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("wtext::tied_masked_weights", "")
-                       .typed<at::Tensor(const at::Tensor&, at::IntArrayRef, int64_t, double, c10::string_view, int64_t,
-                                         int64_t, c10::string_view, std::optional<at::ScalarType>)>();
+                         const std::string& pattern, int64_t nm_n, int64_t nm_m, at::ScalarType dtype,
+                         at::MemoryFormat format) {
   const int64_t layers[1] = {layer};
-  return op.call(weight, layers, seed, density, pattern, nm_n, nm_m, "multi", dtype).select(0, 0);
+  TiedMaskPlan plan = plan_tied_masks(weight, layers, seed, density, pattern, nm_n, nm_m, "multi");
+  at::Tensor out = at::empty(weight.sizes(), weight.options().dtype(dtype).memory_format(format));
+  if (out.numel() == 0) return out;
+  set_stored_layout(plan.chunks[0], out);
+  tied_mask_kernels(weight.device().type()).forward(plan.chunks[0], plan.pattern, weight.contiguous(), out);
+  return out;
 }
 
 at::Tensor mask_weight_gradient(const at::Tensor& grad_effective_weight, const at::Tensor& weight, int64_t seed,
                                 int64_t layer, double density, const std::string& pattern, int64_t nm_n,
                                 int64_t nm_m) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("wtext::tied_masked_weights_backward", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef, int64_t, double,
-                                         c10::string_view, int64_t, int64_t, c10::string_view)>();
   const int64_t layers[1] = {layer};
-  return op.call(grad_effective_weight.unsqueeze(0), weight, layers, seed, density, pattern, nm_n, nm_m, "multi");
+  TiedMaskPlan plan = plan_tied_masks(weight, layers, seed, density, pattern, nm_n, nm_m, "multi");
+  at::Tensor grad_weight = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
+  if (weight.numel() == 0) return grad_weight;
+  const bool channels_last = grad_effective_weight.dim() == 4 &&
+                             grad_effective_weight.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor grad = channels_last ? grad_effective_weight : grad_effective_weight.contiguous();
+  set_stored_layout(plan.chunks[0], grad);
+  tied_mask_kernels(weight.device().type())
+      .backward(plan.chunks[0], plan.pattern, grad, grad_weight, /*accumulate=*/false);
+  return grad_weight;
 }
 
 void check_layer_inputs(const char* op, const at::Tensor& x, const at::Tensor& weight,

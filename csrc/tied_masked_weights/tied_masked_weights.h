@@ -37,9 +37,15 @@ at::Tensor tied_masked_weights_backward_op(const TiedMaskKernels& kernels, const
 
 namespace wtext {
 
-// Registers the three mask ops for one dispatch key, bound to that backend's element loops.
+// Each backend's element loops by device type, for the masked layer ops, which call them directly rather than
+// through the dispatcher (they run once per tied application, so every op call saved is host time saved L times).
+void register_tied_mask_kernels(c10::DeviceType device_type, const TiedMaskKernels& kernels);
+const TiedMaskKernels& tied_mask_kernels(c10::DeviceType device_type);
+
+// Registers the three mask ops for one backend's dispatch key (m), bound to its element loops.
 template <const TiedMaskKernels& kernels>
-void register_tied_mask_ops(torch::Library& m) {
+void register_tied_mask_ops(torch::Library& m, c10::DeviceType device_type) {
+  register_tied_mask_kernels(device_type, kernels);
   m.impl("mask", [](const at::Tensor& like, int64_t seed, int64_t layer, double density, c10::string_view pattern,
                     int64_t nm_n, int64_t nm_m) {
     return mask_op(kernels, like, seed, layer, density, std::string(pattern), nm_n, nm_m);
@@ -62,12 +68,15 @@ void register_tied_mask_ops(torch::Library& m) {
 
 namespace wtext {
 
-// W ⊙ M_layer written directly in `dtype`, through the dispatcher so the right backend runs. Used by the masked
-// conv/linear ops, which regenerate it in backward instead of saving it.
+// W ⊙ M_layer written by one kernel directly in `dtype` and `format` (Contiguous, or ChannelsLast for a 4-d
+// weight, so a channels_last convolution needs no weight reorder). Used by the masked conv/linear ops, which
+// regenerate it in backward instead of saving it.
 at::Tensor masked_weight(const at::Tensor& weight, int64_t seed, int64_t layer, double density,
-                         const std::string& pattern, int64_t nm_n, int64_t nm_m, at::ScalarType dtype);
+                         const std::string& pattern, int64_t nm_n, int64_t nm_m, at::ScalarType dtype,
+                         at::MemoryFormat format);
 
-// dW = grad_effective_weight ⊙ M_layer, in weight's dtype (the single-layer case of the fused reduction).
+// dW = grad_effective_weight ⊙ M_layer, in weight's dtype (the single-layer case of the fused reduction). A
+// channels_last gradient, as a channels_last convolution's backward gives, is read in place.
 at::Tensor mask_weight_gradient(const at::Tensor& grad_effective_weight, const at::Tensor& weight, int64_t seed,
                                 int64_t layer, double density, const std::string& pattern, int64_t nm_n,
                                 int64_t nm_m);

@@ -79,30 +79,66 @@ void for_each_block(int64_t numel, int64_t block, const Body& body) {
   });
 }
 
-template <MaskPattern P, typename in_t, typename out_t>
+// Stored offsets (see stored_offset) of the logical elements [begin, end), walked with counters: a division per
+// element, as stored_offset does, would cost more than the masking itself on a CPU.
+void stored_offsets(const TiedMaskParams& params, int64_t begin, int64_t end, int64_t* offsets) {
+  const int64_t in = params.channels_last_in, spatial = params.channels_last_spatial;
+  int64_t row_start = begin - begin % params.reduction;
+  int64_t c = (begin - row_start) / spatial, k = (begin - row_start) % spatial;
+  for (int64_t i = begin; i < end; ++i) {
+    offsets[i - begin] = row_start + k * in + c;
+    if (++k == spatial) {
+      k = 0;
+      if (++c == in) {
+        c = 0;
+        row_start += params.reduction;
+      }
+    }
+  }
+}
+
+// Turns "the stored tensor is row-major" into a template argument, so the row-major loops carry no index map and
+// stay vectorizable; fn receives std::bool_constant<row_major>.
+template <typename Fn>
+void dispatch_layout(const TiedMaskParams& params, Fn&& fn) {
+  if (params.channels_last_in == 0) {
+    fn(std::true_type{});
+  } else {
+    fn(std::false_type{});
+  }
+}
+
+template <MaskPattern P, bool kRowMajor, typename in_t, typename out_t>
 void forward_loop(const TiedMaskParams& params, const in_t* weight, out_t* out) {
   for_each_block(params.numel, block_size(P, params), [&](int64_t begin, int64_t end) {
     uint8_t keep_flags[kBlock];
+    int64_t offsets[kRowMajor ? 1 : kBlock];
+    if constexpr (!kRowMajor) stored_offsets(params, begin, end, offsets);
     for (int j = 0; j < params.num_layers; ++j) {
       mask_block<P>(params, params.layers[j], begin, end, keep_flags);
       out_t* out_layer = out + j * params.numel;
       if (weight == nullptr) {
-        for (int64_t i = begin; i < end; ++i) out_layer[i] = static_cast<out_t>(keep_flags[i - begin]);
+        for (int64_t i = begin; i < end; ++i) {
+          out_layer[kRowMajor ? i : offsets[i - begin]] = static_cast<out_t>(keep_flags[i - begin]);
+        }
       } else {
         for (int64_t i = begin; i < end; ++i) {
-          out_layer[i] = select_or_zero(keep_flags[i - begin], static_cast<out_t>(weight[i]));
+          out_layer[kRowMajor ? i : offsets[i - begin]] =
+              select_or_zero(keep_flags[i - begin], static_cast<out_t>(weight[i]));
         }
       }
     }
   });
 }
 
-template <MaskPattern P, typename grad_t, typename weight_t>
+template <MaskPattern P, bool kRowMajor, typename grad_t, typename weight_t>
 void backward_loop(const TiedMaskParams& params, const grad_t* grad, weight_t* grad_weight, bool accumulate) {
   using acc_t = at::opmath_type<grad_t>;
   for_each_block(params.numel, block_size(P, params), [&](int64_t begin, int64_t end) {
     uint8_t keep_flags[kBlock];
     acc_t sums[kBlock];
+    int64_t offsets[kRowMajor ? 1 : kBlock];
+    if constexpr (!kRowMajor) stored_offsets(params, begin, end, offsets);
     for (int64_t i = begin; i < end; ++i) {
       sums[i - begin] = accumulate ? static_cast<acc_t>(grad_weight[i]) : acc_t(0);
     }
@@ -110,7 +146,8 @@ void backward_loop(const TiedMaskParams& params, const grad_t* grad, weight_t* g
       mask_block<P>(params, params.layers[j], begin, end, keep_flags);
       const grad_t* grad_layer = grad + j * params.numel;
       for (int64_t i = begin; i < end; ++i) {
-        sums[i - begin] += select_or_zero(keep_flags[i - begin], static_cast<acc_t>(grad_layer[i]));
+        const int64_t at = kRowMajor ? i : offsets[i - begin];
+        sums[i - begin] += select_or_zero(keep_flags[i - begin], static_cast<acc_t>(grad_layer[at]));
       }
     }
     for (int64_t i = begin; i < end; ++i) grad_weight[i] = static_cast<weight_t>(sums[i - begin]);
@@ -125,7 +162,10 @@ void forward_cpu(const TiedMaskParams& params, MaskPattern pattern, const at::Te
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "tied_masked_weights_cpu_out", [&] {
       using out_t = scalar_t;
       dispatch_pattern(pattern, [&](auto p) {
-        forward_loop<decltype(p)::value, in_t, out_t>(params, weight_ptr, out.mutable_data_ptr<out_t>());
+        dispatch_layout(params, [&](auto row_major) {
+          forward_loop<decltype(p)::value, decltype(row_major)::value, in_t, out_t>(params, weight_ptr,
+                                                                                    out.mutable_data_ptr<out_t>());
+        });
       });
     });
   });
@@ -138,8 +178,10 @@ void backward_cpu(const TiedMaskParams& params, MaskPattern pattern, const at::T
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_weight.scalar_type(), "tied_masked_weights_backward_cpu_w", [&] {
       using weight_t = scalar_t;
       dispatch_pattern(pattern, [&](auto p) {
-        backward_loop<decltype(p)::value, grad_t, weight_t>(params, grad.const_data_ptr<grad_t>(),
-                                                            grad_weight.mutable_data_ptr<weight_t>(), accumulate);
+        dispatch_layout(params, [&](auto row_major) {
+          backward_loop<decltype(p)::value, decltype(row_major)::value, grad_t, weight_t>(
+              params, grad.const_data_ptr<grad_t>(), grad_weight.mutable_data_ptr<weight_t>(), accumulate);
+        });
       });
     });
   });
@@ -149,6 +191,6 @@ constexpr TiedMaskKernels kCpuKernels{&forward_cpu, &backward_cpu};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(wtext, CPU, m) { register_tied_mask_ops<kCpuKernels>(m); }
+TORCH_LIBRARY_IMPL(wtext, CPU, m) { register_tied_mask_ops<kCpuKernels>(m, c10::DeviceType::CPU); }
 
 }  // namespace wtext

@@ -1,5 +1,6 @@
 // CUDA element loops of the mask ops: one thread per weight element, looping over the layers of a chunk, so the
-// weight is read once and every mask is regenerated from its hash instead of being stored.
+// weight is read once and every mask is regenerated from its hash instead of being stored. Each kernel walks the
+// tensor it writes in memory order (coalesced stores) and maps to the other side's index (see stored_offset).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
@@ -22,11 +23,12 @@ constexpr int kThreads = 256;
 template <MaskPattern P, typename in_t, typename out_t>
 __global__ void forward_kernel(const TiedMaskParams params, const in_t* __restrict__ weight, out_t* __restrict__ out) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < params.numel; i += stride) {
+  for (int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; s < params.numel; s += stride) {
+    const int64_t i = logical_index(params, s);
     const out_t value = weight ? static_cast<out_t>(weight[i]) : out_t(1);
     for (int j = 0; j < params.num_layers; ++j) {
       const bool kept = keep<P>(params.layers[j], static_cast<uint64_t>(i), params.reduction, params.nm_n, params.nm_m);
-      out[j * params.numel + i] = kept ? value : out_t(0);
+      out[j * params.numel + s] = kept ? value : out_t(0);
     }
   }
 }
@@ -38,9 +40,10 @@ __global__ void backward_kernel(const TiedMaskParams params, const grad_t* __res
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < params.numel; i += stride) {
     acc_t sum = accumulate ? static_cast<acc_t>(grad_weight[i]) : acc_t(0);
+    const int64_t at = stored_offset(params, i);
     for (int j = 0; j < params.num_layers; ++j) {
       if (keep<P>(params.layers[j], static_cast<uint64_t>(i), params.reduction, params.nm_n, params.nm_m)) {
-        sum += static_cast<acc_t>(grad[j * params.numel + i]);
+        sum += static_cast<acc_t>(grad[j * params.numel + at]);
       }
     }
     grad_weight[i] = static_cast<weight_t>(sum);
@@ -113,6 +116,6 @@ constexpr TiedMaskKernels kCudaKernels{&forward_cuda, &backward_cuda};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(wtext, CUDA, m) { register_tied_mask_ops<kCudaKernels>(m); }
+TORCH_LIBRARY_IMPL(wtext, CUDA, m) { register_tied_mask_ops<kCudaKernels>(m, c10::DeviceType::CUDA); }
 
 }  // namespace wtext
