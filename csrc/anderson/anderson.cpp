@@ -13,6 +13,13 @@
 // sample instead of recomputing f_i - x_i from two histories.
 // The residual norm of the newest iterate is sqrt(gram[:, step % m, step % m]) afterwards, so callers can track
 // convergence on the device without another reduction.
+//
+// anderson_tracked_step(x, fx, g_history, f_history, gram, best, lowest, first, steps, active, diverged, nonfinite,
+//                       trace, step, lam, beta, tol, relative, divergence_ratio) -> x_next
+//   The same step with the solver's convergence tracking fused in (anderson_track.h; the semantics of
+//   ConvergenceTracker.update + keep_finished in wtext/deq/tracking.py): the tracker tensors are updated in place
+//   from this iterate's residual, an improved sample's x is copied into best, and a sample that stopped (now or
+//   before) gets x_next = x.
 #include "anderson/anderson.h"
 
 #include <torch/library.h>
@@ -65,10 +72,53 @@ AndersonStepParams check_anderson_step(const at::Tensor& x, const at::Tensor& fx
   return params;
 }
 
+TrackerOptions check_anderson_tracker(const at::Tensor& x, const AndersonTrackerTensors& tracker, int64_t step,
+                                      double tol, bool relative, double divergence_ratio) {
+  const int64_t batch = x.size(0);
+  const auto check = [&](const at::Tensor& tensor, const char* name, at::ScalarType dtype,
+                         std::initializer_list<int64_t> shape) {
+    TORCH_CHECK(tensor.sizes() == at::IntArrayRef(shape), "anderson_tracked_step: ", name, " must have shape ",
+                at::IntArrayRef(shape), "; got ", name, ".shape=", tensor.sizes());
+    TORCH_CHECK(tensor.scalar_type() == dtype, "anderson_tracked_step: ", name, " must have dtype ", dtype, "; got ",
+                name, ".dtype=", tensor.scalar_type());
+    TORCH_CHECK(tensor.device() == x.device(), "anderson_tracked_step: ", name, " must be on x's device ", x.device(),
+                "; got ", name, ".device=", tensor.device());
+    TORCH_CHECK(tensor.is_contiguous(), "anderson_tracked_step: ", name,
+                " must be contiguous (it is updated in place)");
+  };
+  const at::ScalarType real = x.scalar_type();
+  check(tracker.best, "best", real, {batch, x.size(1)});
+  check(tracker.lowest, "lowest", real, {batch});
+  check(tracker.first, "first", real, {batch});
+  check(tracker.steps, "steps", at::kLong, {batch});
+  check(tracker.active, "active", at::kBool, {batch});
+  check(tracker.diverged, "diverged", at::kBool, {batch});
+  check(tracker.nonfinite, "nonfinite", at::kBool, {batch});
+  TORCH_CHECK(tracker.trace.dim() == 2 && tracker.trace.size(1) > step,
+              "anderson_tracked_step: trace must have shape [B, max_iter] with max_iter > step=", step,
+              "; got trace.shape=", tracker.trace.sizes());
+  check(tracker.trace, "trace", real, {batch, tracker.trace.size(1)});
+  TORCH_CHECK(tol > 0, "anderson_tracked_step: tol must be > 0; got tol=", tol);
+  TORCH_CHECK(divergence_ratio > 1, "anderson_tracked_step: divergence_ratio must be > 1; got divergence_ratio=",
+              divergence_ratio);
+  TrackerOptions options;
+  options.step = step;
+  options.trace_len = tracker.trace.size(1);
+  options.tol = tol;
+  options.divergence_ratio = divergence_ratio;
+  options.relative = relative;
+  return options;
+}
+
 TORCH_LIBRARY_FRAGMENT(wtext, m) {
   m.def(
       "anderson_step(Tensor x, Tensor fx, Tensor(a!) g_history, Tensor(b!) f_history, Tensor(c!) gram, int step, "
       "float lam, float beta) -> Tensor");
+  m.def(
+      "anderson_tracked_step(Tensor x, Tensor fx, Tensor(a!) g_history, Tensor(b!) f_history, Tensor(c!) gram, "
+      "Tensor(d!) best, Tensor(e!) lowest, Tensor(f!) first, Tensor(g!) steps, Tensor(h!) active, "
+      "Tensor(i!) diverged, Tensor(j!) nonfinite, Tensor(k!) trace, int step, float lam, float beta, float tol, "
+      "bool relative, float divergence_ratio) -> Tensor");
 }
 
 }  // namespace wtext

@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include "anderson/anderson_track.h"
+
 namespace wtext {
 
 // What the kernels of one step need; filled by check_anderson_step.
@@ -20,5 +22,14 @@ struct AndersonStepParams {
 AndersonStepParams check_anderson_step(const at::Tensor& x, const at::Tensor& fx, const at::Tensor& g_history,
                                        const at::Tensor& f_history, const at::Tensor& gram, int64_t step, double lam,
                                        double beta);
+
+// The tracker tensors of anderson_tracked_step (see anderson_track.h), in the order of the schema.
+struct AndersonTrackerTensors {
+  at::Tensor best, lowest, first, steps, active, diverged, nonfinite, trace;
+};
+
+// Checks the tracker tensors and options against x (errors name the argument) and returns the step's options.
+TrackerOptions check_anderson_tracker(const at::Tensor& x, const AndersonTrackerTensors& tracker, int64_t step,
+                                      double tol, bool relative, double divergence_ratio);
 
 }  // namespace wtext

@@ -1,7 +1,11 @@
-// CPU kernel of anderson_step: samples in parallel, each doing its m dot products, its small solve and its mix.
+// CPU kernels of anderson_step and anderson_tracked_step: samples in parallel, each doing its m dot products, its
+// small solve and its mix (and, tracked, its convergence bookkeeping in between).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include <algorithm>
+#include <type_traits>
 
 #include "anderson/anderson.h"
 #include "anderson/anderson_solve.h"
@@ -10,9 +14,12 @@ namespace wtext {
 
 namespace {
 
-template <typename scalar_t>
+// One step for every sample; with a tracker (kTracked) the sample's convergence is updated between the Gram update
+// and the mix, and a sample that stopped keeps x.
+template <bool kTracked, typename scalar_t>
 void anderson_step_loop(const AndersonStepParams& p, const scalar_t* x, const scalar_t* fx, scalar_t* g_history,
-                        scalar_t* f_history, scalar_t* gram, scalar_t* x_next) {
+                        scalar_t* f_history, scalar_t* gram, scalar_t* x_next, const TrackerOptions& options,
+                        const TrackerState<scalar_t>& tracker) {
   at::parallel_for(0, p.batch, 1, [&](int64_t first, int64_t last) {
     for (int64_t b = first; b < last; ++b) {
       const scalar_t* xb = x + b * p.dim;
@@ -21,15 +28,31 @@ void anderson_step_loop(const AndersonStepParams& p, const scalar_t* x, const sc
       scalar_t* fh = f_history + b * p.window * p.dim;
       scalar_t* gb = gram + b * p.window * p.window;
       scalar_t* g_new = gh + p.slot * p.dim;
-      for (int64_t k = 0; k < p.dim; ++k) g_new[k] = fb[k] - xb[k];
+      double image_sq = 0;
+      for (int64_t k = 0; k < p.dim; ++k) {
+        g_new[k] = fb[k] - xb[k];
+        if (kTracked) image_sq += double(fb[k]) * double(fb[k]);
+      }
       std::copy(fb, fb + p.dim, fh + p.slot * p.dim);
       // Only the newest residual's row/column of the Gram matrix changes.
+      double residual_sq = 0;
       for (int64_t i = 0; i < p.valid; ++i) {
         const scalar_t* gi = gh + i * p.dim;
         double dot = 0;
         for (int64_t k = 0; k < p.dim; ++k) dot += double(g_new[k]) * double(gi[k]);
         gb[p.slot * p.window + i] = static_cast<scalar_t>(dot);
         gb[i * p.window + p.slot] = static_cast<scalar_t>(dot);
+        if (i == p.slot) residual_sq = dot;
+      }
+      scalar_t* out = x_next + b * p.dim;
+      if constexpr (kTracked) {
+        if (track_sample(options, tracker, b, residual_sq, image_sq)) {
+          std::copy(xb, xb + p.dim, tracker.best + b * p.dim);
+        }
+        if (!tracker.active[b]) {  // stopped: keeps its iterate
+          std::copy(xb, xb + p.dim, out);
+          continue;
+        }
       }
       double gram_window[kMaxAndersonWindow * kMaxAndersonWindow];
       for (int64_t i = 0; i < p.valid; ++i) {
@@ -38,7 +61,6 @@ void anderson_step_loop(const AndersonStepParams& p, const scalar_t* x, const sc
       double alpha[kMaxAndersonWindow];
       anderson_weights<double>(gram_window, static_cast<int>(p.valid), static_cast<int>(p.valid),
                                static_cast<int>(p.slot), p.lam, alpha);
-      scalar_t* out = x_next + b * p.dim;
       const double damping = 1 - p.beta;
       for (int64_t k = 0; k < p.dim; ++k) {
         double mixed = 0;
@@ -51,22 +73,60 @@ void anderson_step_loop(const AndersonStepParams& p, const scalar_t* x, const sc
   });
 }
 
-at::Tensor anderson_step_cpu(const at::Tensor& x, const at::Tensor& fx, at::Tensor& g_history, at::Tensor& f_history,
-                             at::Tensor& gram, int64_t step, double lam, double beta) {
-  const AndersonStepParams params = check_anderson_step(x, fx, g_history, f_history, gram, step, lam, beta);
+template <typename scalar_t>
+TrackerState<scalar_t> tracker_state(const AndersonTrackerTensors& t) {
+  return {t.best.mutable_data_ptr<scalar_t>(),  t.lowest.mutable_data_ptr<scalar_t>(),
+          t.first.mutable_data_ptr<scalar_t>(), t.steps.mutable_data_ptr<int64_t>(),
+          t.active.mutable_data_ptr<bool>(),    t.diverged.mutable_data_ptr<bool>(),
+          t.nonfinite.mutable_data_ptr<bool>(), t.trace.mutable_data_ptr<scalar_t>()};
+}
+
+// Both ops: tracker == nullptr is the plain anderson_step.
+at::Tensor run_anderson_step(const AndersonStepParams& params, const at::Tensor& x, const at::Tensor& fx,
+                             at::Tensor& g_history, at::Tensor& f_history, at::Tensor& gram,
+                             const AndersonTrackerTensors* tracker, const TrackerOptions& options) {
   const at::Tensor x_c = x.contiguous();
   const at::Tensor fx_c = fx.contiguous();
   at::Tensor x_next = at::empty_like(x_c);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "anderson_step_cpu", [&] {
-    anderson_step_loop<scalar_t>(params, x_c.const_data_ptr<scalar_t>(), fx_c.const_data_ptr<scalar_t>(),
-                                 g_history.mutable_data_ptr<scalar_t>(), f_history.mutable_data_ptr<scalar_t>(),
-                                 gram.mutable_data_ptr<scalar_t>(), x_next.mutable_data_ptr<scalar_t>());
+    const auto run = [&](auto tracked) {
+      anderson_step_loop<decltype(tracked)::value, scalar_t>(
+          params, x_c.const_data_ptr<scalar_t>(), fx_c.const_data_ptr<scalar_t>(),
+          g_history.mutable_data_ptr<scalar_t>(), f_history.mutable_data_ptr<scalar_t>(),
+          gram.mutable_data_ptr<scalar_t>(), x_next.mutable_data_ptr<scalar_t>(), options,
+          tracker ? tracker_state<scalar_t>(*tracker) : TrackerState<scalar_t>{});
+    };
+    if (tracker) {
+      run(std::true_type{});
+    } else {
+      run(std::false_type{});
+    }
   });
   return x_next;
 }
 
+at::Tensor anderson_step_cpu(const at::Tensor& x, const at::Tensor& fx, at::Tensor& g_history, at::Tensor& f_history,
+                             at::Tensor& gram, int64_t step, double lam, double beta) {
+  const AndersonStepParams params = check_anderson_step(x, fx, g_history, f_history, gram, step, lam, beta);
+  return run_anderson_step(params, x, fx, g_history, f_history, gram, nullptr, TrackerOptions{});
+}
+
+at::Tensor anderson_tracked_step_cpu(const at::Tensor& x, const at::Tensor& fx, at::Tensor& g_history,
+                                     at::Tensor& f_history, at::Tensor& gram, at::Tensor& best, at::Tensor& lowest,
+                                     at::Tensor& first, at::Tensor& steps, at::Tensor& active, at::Tensor& diverged,
+                                     at::Tensor& nonfinite, at::Tensor& trace, int64_t step, double lam, double beta,
+                                     double tol, bool relative, double divergence_ratio) {
+  const AndersonStepParams params = check_anderson_step(x, fx, g_history, f_history, gram, step, lam, beta);
+  const AndersonTrackerTensors tracker{best, lowest, first, steps, active, diverged, nonfinite, trace};
+  const TrackerOptions options = check_anderson_tracker(x, tracker, step, tol, relative, divergence_ratio);
+  return run_anderson_step(params, x, fx, g_history, f_history, gram, &tracker, options);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(wtext, CPU, m) { m.impl("anderson_step", &anderson_step_cpu); }
+TORCH_LIBRARY_IMPL(wtext, CPU, m) {
+  m.impl("anderson_step", &anderson_step_cpu);
+  m.impl("anderson_tracked_step", &anderson_tracked_step_cpu);
+}
 
 }  // namespace wtext

@@ -1,10 +1,12 @@
-// CUDA kernels of anderson_step. Three launches on the current stream, no host synchronization, so a fixed-budget
-// solve loop can be captured in a CUDA graph:
+// CUDA kernels of anderson_step and anderson_tracked_step. Three launches on the current stream, no host
+// synchronization, so a fixed-budget solve loop can be captured in a CUDA graph:
 //   1. gram_update:  one block per (sample, window slot): the dot product of the newest residual g = f - x with
 //                    that slot's stored residual (m reductions over d, not m^2); the block of the newest slot also
-//                    writes g and f into the ring buffers.
-//   2. solve:        one thread per sample: the regularized (m x m) solve of anderson_solve.h, in double.
-//   3. mix:          one thread per element: x_next = sum_i alpha_i f_i - (1 - beta) sum_i alpha_i g_i.
+//                    writes g and f into the ring buffers (and, tracked, sums |f|^2 for the relative residual).
+//   2. solve:        one thread per sample: (tracked) the convergence bookkeeping of anderson_track.h, then the
+//                    regularized (m x m) solve of anderson_solve.h, in double.
+//   3. mix:          one thread per element: x_next = sum_i alpha_i f_i - (1 - beta) sum_i alpha_i g_i; tracked, a
+//                    stopped sample copies x instead and an improved one copies x into best.
 // This block layout is the one measured on an H100 (workload B, d = 131072, m = 5: gram 370 us, mix 256 us per
 // step with histories of iterates). A variant with blocks over (chunk of d, sample) and all m dot products per
 // block ran 1.7x (gram) and 2.2x (mix) slower there despite reading fewer bytes, so it was dropped. Keeping
@@ -14,6 +16,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+
+#include <type_traits>
 
 #include "anderson/anderson.h"
 #include "anderson/anderson_solve.h"
@@ -25,10 +29,32 @@ namespace {
 constexpr int kReduceThreads = 256;
 constexpr int kMixThreads = 256;
 
-template <typename scalar_t>
+// Per-sample scratch of one step, in doubles: the mixing weights, then (tracked steps only) the squared norms of
+// the newest residual and of f(x), and whether x became the sample's best iterate.
+constexpr int kAlpha = 0;
+constexpr int kResidualSq = kMaxAndersonWindow;
+constexpr int kImageSq = kMaxAndersonWindow + 1;
+constexpr int kImproved = kMaxAndersonWindow + 2;
+constexpr int kScratch = kMaxAndersonWindow + 3;
+
+// Sums `value` over the block (kReduceThreads threads); the total is valid in thread 0.
+__device__ double block_sum(double value, double* warp_sums) {
+  for (int offset = 16; offset > 0; offset /= 2) value += __shfl_down_sync(0xffffffff, value, offset);
+  __syncthreads();  // warp_sums may still be read from a previous call
+  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = value;
+  __syncthreads();
+  double total = 0;
+  if (threadIdx.x == 0) {
+    for (int w = 0; w < kReduceThreads / 32; ++w) total += warp_sums[w];
+  }
+  return total;
+}
+
+template <typename scalar_t, bool kTracked>
 __global__ void gram_update_kernel(const AndersonStepParams p, const scalar_t* __restrict__ x,
                                    const scalar_t* __restrict__ fx, scalar_t* __restrict__ g_history,
-                                   scalar_t* __restrict__ f_history, scalar_t* __restrict__ gram) {
+                                   scalar_t* __restrict__ f_history, scalar_t* __restrict__ gram,
+                                   double* __restrict__ scratch) {
   const int64_t b = blockIdx.y;
   const int64_t i = blockIdx.x;  // window slot, < p.valid
   const scalar_t* xb = x + b * p.dim;
@@ -37,6 +63,7 @@ __global__ void gram_update_kernel(const AndersonStepParams p, const scalar_t* _
   scalar_t* fh = f_history + b * p.window * p.dim;
   const bool newest = i == p.slot;
   double partial = 0;
+  double image_partial = 0;
   for (int64_t k = threadIdx.x; k < p.dim; k += blockDim.x) {
     const scalar_t f = fb[k];
     const scalar_t g = f - xb[k];  // rounded like the stored residual, so every Gram entry sees the same values
@@ -45,25 +72,37 @@ __global__ void gram_update_kernel(const AndersonStepParams p, const scalar_t* _
     if (newest) {  // only this block touches slot p.slot, and the others never read it
       gh[p.slot * p.dim + k] = g;
       fh[p.slot * p.dim + k] = f;
+      if (kTracked) image_partial += double(f) * double(f);
     }
   }
   __shared__ double warp_sums[kReduceThreads / 32];
-  for (int offset = 16; offset > 0; offset /= 2) partial += __shfl_down_sync(0xffffffff, partial, offset);
-  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = partial;
-  __syncthreads();
+  const double total = block_sum(partial, warp_sums);
+  double image_total = 0;
+  if (kTracked && newest) image_total = block_sum(image_partial, warp_sums);  // block-uniform condition
   if (threadIdx.x == 0) {
-    double total = 0;
-    for (int w = 0; w < kReduceThreads / 32; ++w) total += warp_sums[w];
     scalar_t* gb = gram + b * p.window * p.window;
     gb[p.slot * p.window + i] = static_cast<scalar_t>(total);
     gb[i * p.window + p.slot] = static_cast<scalar_t>(total);
+    if (kTracked && newest) {
+      scratch[b * kScratch + kResidualSq] = total;
+      scratch[b * kScratch + kImageSq] = image_total;
+    }
   }
 }
 
-template <typename scalar_t>
-__global__ void solve_kernel(const AndersonStepParams p, const scalar_t* __restrict__ gram, double* __restrict__ alpha) {
+// One thread per sample: (tracked) the convergence bookkeeping, then the small solve for the mixing weights.
+template <typename scalar_t, bool kTracked>
+__global__ void solve_kernel(const AndersonStepParams p, const scalar_t* __restrict__ gram,
+                             double* __restrict__ scratch, const TrackerOptions options,
+                             const TrackerState<scalar_t> tracker) {
   const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (b >= p.batch) return;
+  double* sample = scratch + b * kScratch;
+  if (kTracked) {
+    const bool improved = track_sample(options, tracker, b, sample[kResidualSq], sample[kImageSq]);
+    sample[kImproved] = improved ? 1.0 : 0.0;
+    if (!tracker.active[b]) return;  // stopped: the mix keeps x, no weights needed
+  }
   double gram_window[kMaxAndersonWindow * kMaxAndersonWindow];
   const scalar_t* gb = gram + b * p.window * p.window;
   for (int64_t i = 0; i < p.valid; ++i) {
@@ -72,34 +111,53 @@ __global__ void solve_kernel(const AndersonStepParams p, const scalar_t* __restr
   double weights[kMaxAndersonWindow];
   anderson_weights<double>(gram_window, static_cast<int>(p.valid), static_cast<int>(p.valid), static_cast<int>(p.slot),
                            p.lam, weights);
-  for (int64_t i = 0; i < p.valid; ++i) alpha[b * kMaxAndersonWindow + i] = weights[i];
+  for (int64_t i = 0; i < p.valid; ++i) sample[kAlpha + i] = weights[i];
 }
 
-template <typename scalar_t, bool kDamped>
-__global__ void mix_kernel(const AndersonStepParams p, const scalar_t* __restrict__ g_history,
-                           const scalar_t* __restrict__ f_history, const double* __restrict__ alpha,
-                           scalar_t* __restrict__ x_next) {
+template <typename scalar_t, bool kDamped, bool kTracked>
+__global__ void mix_kernel(const AndersonStepParams p, const scalar_t* __restrict__ x,
+                           const scalar_t* __restrict__ g_history, const scalar_t* __restrict__ f_history,
+                           const double* __restrict__ scratch, scalar_t* __restrict__ x_next,
+                           const TrackerState<scalar_t> tracker) {
   const int64_t total = p.batch * p.dim;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const double damping = 1 - p.beta;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
     const int64_t b = e / p.dim;
     const int64_t k = e % p.dim;
+    const double* sample = scratch + b * kScratch;
+    if (kTracked) {
+      if (sample[kImproved] != 0.0) tracker.best[e] = x[e];
+      if (!tracker.active[b]) {  // stopped: keeps its iterate, reads no history
+        x_next[e] = x[e];
+        continue;
+      }
+    }
     const scalar_t* gh = g_history + b * p.window * p.dim;
     const scalar_t* fh = f_history + b * p.window * p.dim;
     double mixed = 0;
     for (int64_t i = 0; i < p.valid; ++i) {
       double term = double(fh[i * p.dim + k]);
       if (kDamped) term -= damping * double(gh[i * p.dim + k]);  // beta = 1 never reads the residuals
-      mixed += alpha[b * kMaxAndersonWindow + i] * term;
+      mixed += sample[kAlpha + i] * term;
     }
     x_next[e] = static_cast<scalar_t>(mixed);
   }
 }
 
-at::Tensor anderson_step_cuda(const at::Tensor& x, const at::Tensor& fx, at::Tensor& g_history,
-                              at::Tensor& f_history, at::Tensor& gram, int64_t step, double lam, double beta) {
-  const AndersonStepParams params = check_anderson_step(x, fx, g_history, f_history, gram, step, lam, beta);
+template <typename scalar_t>
+TrackerState<scalar_t> tracker_state(const AndersonTrackerTensors* t) {
+  if (t == nullptr) return TrackerState<scalar_t>{};
+  return {t->best.mutable_data_ptr<scalar_t>(),  t->lowest.mutable_data_ptr<scalar_t>(),
+          t->first.mutable_data_ptr<scalar_t>(), t->steps.mutable_data_ptr<int64_t>(),
+          t->active.mutable_data_ptr<bool>(),    t->diverged.mutable_data_ptr<bool>(),
+          t->nonfinite.mutable_data_ptr<bool>(), t->trace.mutable_data_ptr<scalar_t>()};
+}
+
+// Both ops: tracker == nullptr is the plain anderson_step.
+at::Tensor run_anderson_step(const AndersonStepParams& params, const at::Tensor& x, const at::Tensor& fx,
+                             at::Tensor& g_history, at::Tensor& f_history, at::Tensor& gram,
+                             const AndersonTrackerTensors* tracker, const TrackerOptions& options) {
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor x_c = x.contiguous();
@@ -107,36 +165,67 @@ at::Tensor anderson_step_cuda(const at::Tensor& x, const at::Tensor& fx, at::Ten
   at::Tensor x_next = at::empty_like(x_c);
   if (params.batch == 0 || params.dim == 0) return x_next;
   TORCH_CHECK(params.batch <= 65535, "anderson_step: batch must be <= 65535 on CUDA; got batch=", params.batch);
-  at::Tensor alpha = at::empty({params.batch, kMaxAndersonWindow}, x.options().dtype(at::kDouble));
+  at::Tensor scratch = at::empty({params.batch, kScratch}, x.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "anderson_step_cuda", [&] {
-    const dim3 gram_grid(static_cast<unsigned>(params.valid), static_cast<unsigned>(params.batch));
-    gram_update_kernel<scalar_t><<<gram_grid, kReduceThreads, 0, stream>>>(
-        params, x_c.const_data_ptr<scalar_t>(), fx_c.const_data_ptr<scalar_t>(), g_history.mutable_data_ptr<scalar_t>(),
-        f_history.mutable_data_ptr<scalar_t>(), gram.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const int solve_blocks = static_cast<int>((params.batch + 127) / 128);
-    solve_kernel<scalar_t><<<solve_blocks, 128, 0, stream>>>(params, gram.const_data_ptr<scalar_t>(),
-                                                             alpha.mutable_data_ptr<double>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const int64_t elements = params.batch * params.dim;
-    const int mix_blocks = static_cast<int>(std::min<int64_t>((elements + kMixThreads - 1) / kMixThreads, 65535));
-    auto launch_mix = [&](auto kernel) {
-      kernel<<<mix_blocks, kMixThreads, 0, stream>>>(params, g_history.const_data_ptr<scalar_t>(),
-                                                     f_history.const_data_ptr<scalar_t>(),
-                                                     alpha.const_data_ptr<double>(), x_next.mutable_data_ptr<scalar_t>());
+    const TrackerState<scalar_t> state = tracker_state<scalar_t>(tracker);
+    const auto launch = [&](auto tracked) {
+      constexpr bool kTracked = decltype(tracked)::value;
+      const dim3 gram_grid(static_cast<unsigned>(params.valid), static_cast<unsigned>(params.batch));
+      gram_update_kernel<scalar_t, kTracked><<<gram_grid, kReduceThreads, 0, stream>>>(
+          params, x_c.const_data_ptr<scalar_t>(), fx_c.const_data_ptr<scalar_t>(),
+          g_history.mutable_data_ptr<scalar_t>(), f_history.mutable_data_ptr<scalar_t>(),
+          gram.mutable_data_ptr<scalar_t>(), scratch.mutable_data_ptr<double>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const int solve_blocks = static_cast<int>((params.batch + 127) / 128);
+      solve_kernel<scalar_t, kTracked><<<solve_blocks, 128, 0, stream>>>(
+          params, gram.const_data_ptr<scalar_t>(), scratch.mutable_data_ptr<double>(), options, state);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const int64_t elements = params.batch * params.dim;
+      const int mix_blocks = static_cast<int>(std::min<int64_t>((elements + kMixThreads - 1) / kMixThreads, 65535));
+      const auto launch_mix = [&](auto kernel) {
+        kernel<<<mix_blocks, kMixThreads, 0, stream>>>(
+            params, x_c.const_data_ptr<scalar_t>(), g_history.const_data_ptr<scalar_t>(),
+            f_history.const_data_ptr<scalar_t>(), scratch.const_data_ptr<double>(),
+            x_next.mutable_data_ptr<scalar_t>(), state);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      };
+      if (params.beta < 1) {
+        launch_mix(mix_kernel<scalar_t, true, kTracked>);
+      } else {
+        launch_mix(mix_kernel<scalar_t, false, kTracked>);
+      }
     };
-    if (params.beta < 1) {
-      launch_mix(mix_kernel<scalar_t, true>);
+    if (tracker) {
+      launch(std::true_type{});
     } else {
-      launch_mix(mix_kernel<scalar_t, false>);
+      launch(std::false_type{});
     }
   });
   return x_next;
 }
 
+at::Tensor anderson_step_cuda(const at::Tensor& x, const at::Tensor& fx, at::Tensor& g_history,
+                              at::Tensor& f_history, at::Tensor& gram, int64_t step, double lam, double beta) {
+  const AndersonStepParams params = check_anderson_step(x, fx, g_history, f_history, gram, step, lam, beta);
+  return run_anderson_step(params, x, fx, g_history, f_history, gram, nullptr, TrackerOptions{});
+}
+
+at::Tensor anderson_tracked_step_cuda(const at::Tensor& x, const at::Tensor& fx, at::Tensor& g_history,
+                                      at::Tensor& f_history, at::Tensor& gram, at::Tensor& best, at::Tensor& lowest,
+                                      at::Tensor& first, at::Tensor& steps, at::Tensor& active, at::Tensor& diverged,
+                                      at::Tensor& nonfinite, at::Tensor& trace, int64_t step, double lam, double beta,
+                                      double tol, bool relative, double divergence_ratio) {
+  const AndersonStepParams params = check_anderson_step(x, fx, g_history, f_history, gram, step, lam, beta);
+  const AndersonTrackerTensors tracker{best, lowest, first, steps, active, diverged, nonfinite, trace};
+  const TrackerOptions options = check_anderson_tracker(x, tracker, step, tol, relative, divergence_ratio);
+  return run_anderson_step(params, x, fx, g_history, f_history, gram, &tracker, options);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(wtext, CUDA, m) { m.impl("anderson_step", &anderson_step_cuda); }
+TORCH_LIBRARY_IMPL(wtext, CUDA, m) {
+  m.impl("anderson_step", &anderson_step_cuda);
+  m.impl("anderson_tracked_step", &anderson_tracked_step_cuda);
+}
 
 }  // namespace wtext

@@ -27,25 +27,30 @@ def anderson(f, z0: torch.Tensor, *, max_iter: int, tol: float, stop_mode: str =
     damping beta. z0: [B, ...]; the solve runs in float32 (float64 if z0 is float64).
 
     A singular or ill-conditioned least-squares system falls back to a plain step inside the kernel, never NaN.
+    Each iteration is one call of f and one anderson_tracked_step: the Gram update, the convergence tracking of
+    ConvergenceTracker (residuals, stop masks, lowest-residual iterate, statistics) and the mix run in that op's
+    kernels, with the residual norms taken from data the Gram update reads anyway.
     Returns (lowest-residual iterate per sample, SolverStats).
     """
     check_anderson_options(m, lam, beta)
     tracker = ConvergenceTracker(z0, max_iter, tol, stop_mode, divergence_ratio, record_steps)
     batch = z0.shape[0]
-    layout = None
     solve_dtype = torch.float64 if z0.dtype == torch.float64 else torch.float32
     g_history = z0.new_zeros((batch, m, z0[0].numel()), dtype=solve_dtype)  # residuals f(z) - z
     f_history = torch.zeros_like(g_history)
     gram = z0.new_zeros((batch, m, m), dtype=solve_dtype)
+    layout = best = None
     z = z0
     for step in range(max_iter):
         fz = f(z)
         if layout is None:
             layout = SampleFlattener(fz)  # iterates take the layout the cell produces
-        tracker.update(step, z, fz)
-        z_next = torch.ops.wtext.anderson_step(
-            layout.flatten(z).to(solve_dtype), layout.flatten(fz).to(solve_dtype),
-            g_history, f_history, gram, step, lam, beta,
+            best = layout.flatten(z0).to(solve_dtype, copy=True)  # the op keeps the best iterate here, flattened
+        tracker.record(step, z)
+        z_next = torch.ops.wtext.anderson_tracked_step(
+            layout.flatten(z).to(solve_dtype), layout.flatten(fz).to(solve_dtype), g_history, f_history, gram,
+            best, *tracker.fused_state(), step, lam, beta, tol, stop_mode == "rel", divergence_ratio,
         )
-        z = tracker.keep_finished(z, layout.unflatten(z_next).to(z0.dtype))
+        z = layout.unflatten(z_next).to(z0.dtype)
+    tracker.best = layout.unflatten(best).to(z0.dtype)
     return tracker.finish()

@@ -75,7 +75,7 @@ class ConvergenceTracker:
         self.record_steps = set(record_steps)
         self.best = z0.clone()
         self.lowest = torch.full((batch,), float("inf"), device=device, dtype=real)
-        self.first = None
+        self.first = torch.zeros(batch, device=device, dtype=real)  # set at step 0
         self.active = torch.ones(batch, dtype=torch.bool, device=device)
         self.diverged = torch.zeros(batch, dtype=torch.bool, device=device)
         self.nonfinite = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -93,7 +93,7 @@ class ConvergenceTracker:
         """Records the residual of iterate z (whose image is fz) at `step` and updates the stop masks."""
         residual = self.residual(z, fz)
         finite = torch.isfinite(residual)
-        if self.first is None:
+        if step == 0:
             self.first = torch.where(finite, residual, torch.zeros_like(residual))
         active = self.active
         self.trace[:, step] = torch.where(active, residual, torch.full_like(residual, float("nan")))
@@ -105,12 +105,21 @@ class ConvergenceTracker:
         exploded = active & (~finite | (residual > self.divergence_ratio * self.first.clamp_min(1e-30)))
         self.diverged |= exploded
         self.active = active & ~exploded & ~(residual <= self.tol)
+        self.record(step, z)
+
+    def record(self, step: int, z: torch.Tensor) -> None:
+        """Keeps a copy of iterate z if `step` is one of the requested record steps."""
         if step in self.record_steps:
             self.recorded[step] = z.clone()
 
     def keep_finished(self, z_old: torch.Tensor, z_new: torch.Tensor) -> torch.Tensor:
         """Samples that stopped keep their iterate; the others move on."""
         return torch.where(self._expand(self.active, z_new), z_new, z_old)
+
+    def fused_state(self) -> tuple[torch.Tensor, ...]:
+        """The tensors a solver kernel with fused tracking updates in place (see anderson_tracked_step), after
+        best: (lowest, first, steps, active, diverged, nonfinite, trace)."""
+        return self.lowest, self.first, self.steps, self.active, self.diverged, self.nonfinite, self.trace
 
     def finish(self) -> tuple[torch.Tensor, SolverStats]:
         stats = SolverStats(

@@ -63,3 +63,9 @@ def _masked_linear_backward_fake(grad_out, x, weight, seed, layer, density, patt
 @torch.library.register_fake("wtext::anderson_step")
 def _anderson_step_fake(x, fx, g_history, f_history, gram, step, lam, beta):
     return x.new_empty(x.shape)
+
+
+@torch.library.register_fake("wtext::anderson_tracked_step")
+def _anderson_tracked_step_fake(x, fx, g_history, f_history, gram, best, lowest, first, steps, active, diverged,
+                                nonfinite, trace, step, lam, beta, tol, relative, divergence_ratio):
+    return x.new_empty(x.shape)

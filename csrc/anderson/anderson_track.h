@@ -1,0 +1,61 @@
+// Per-sample convergence tracking inside an Anderson step, shared by the CPU and CUDA kernels of
+// anderson_tracked_step.
+//
+// The semantics are exactly those of ConvergenceTracker.update and keep_finished in wtext/deq/tracking.py (the
+// tests run both on the same solves and compare): doing it in the step's kernels turns ~20 small tensor ops and
+// three passes over the state per iteration (residual, best-iterate and keep-finished `where`s) into a few scalar
+// updates per sample, with the residual norms taken from data the Gram kernel streams anyway.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+
+#include "anderson/anderson_solve.h"
+
+namespace wtext {
+
+// The tracker's tensors for one solve, in the solve's real type (float32 or float64).
+template <typename real_t>
+struct TrackerState {
+  real_t* best;      // [B, d] lowest-residual iterate so far, flattened like x
+  real_t* lowest;    // [B] its residual (inf before the first finite one)
+  real_t* first;     // [B] the first iterate's residual (0 if non-finite); set at step 0
+  int64_t* steps;    // [B] iterations until the sample stopped
+  bool* active;      // [B] still iterating
+  bool* diverged;    // [B]
+  bool* nonfinite;   // [B]
+  real_t* trace;     // [B, trace_len] residual per step, NaN once stopped
+};
+
+struct TrackerOptions {
+  int64_t step = 0;
+  int64_t trace_len = 0;
+  double tol = 0;
+  double divergence_ratio = 1e3;
+  bool relative = true;
+};
+
+// Updates sample b from the squared norms of its residual f(x) - x and of f(x). Returns whether x is the sample's
+// new best iterate (the caller copies it into best). Afterwards active[b] says whether the sample moves on.
+template <typename real_t>
+WTEXT_HD bool track_sample(const TrackerOptions& o, const TrackerState<real_t>& t, int64_t b, double residual_sq,
+                           double image_sq) {
+  // The norms are rounded to real_t before dividing, as per_sample_norm returns them in that type.
+  real_t residual = static_cast<real_t>(square_root(residual_sq));
+  if (o.relative) residual = residual / (static_cast<real_t>(square_root(image_sq)) + static_cast<real_t>(1e-8));
+  const bool finite = finite_value(residual);
+  if (o.step == 0) t.first[b] = finite ? residual : real_t(0);
+  const bool active = t.active[b];
+  t.trace[b * o.trace_len + o.step] = active ? residual : std::numeric_limits<real_t>::quiet_NaN();
+  const bool improved = active && finite && residual < t.lowest[b];
+  if (improved) t.lowest[b] = residual;
+  if (active) t.steps[b] = o.step + 1;
+  if (active && !finite) t.nonfinite[b] = true;
+  const real_t first = t.first[b] > real_t(1e-30) ? t.first[b] : real_t(1e-30);
+  const bool exploded = active && (!finite || residual > static_cast<real_t>(o.divergence_ratio) * first);
+  if (exploded) t.diverged[b] = true;
+  t.active[b] = active && !exploded && !(residual <= static_cast<real_t>(o.tol));
+  return improved;
+}
+
+}  // namespace wtext
