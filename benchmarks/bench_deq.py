@@ -171,7 +171,7 @@ def main():
             wtext_step(layer, x)
 
     rows = [("PyTorch Anderson, .item() per step + implicit", median_ms(run_reference, device, args.warmup, args.repeats)),
-            ("wtext DEQ (anderson_step op) + implicit", median_ms(run_wtext, device, args.warmup, args.repeats))]
+            ("wtext DEQ (anderson_tracked_step op) + implicit", median_ms(run_wtext, device, args.warmup, args.repeats))]
     print(f"torch {torch.__version__}, {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     print_table(f"workload B DEQ training step: batch {args.batch}, C={args.channels}, {args.size}x{args.size}, "
                 f"{args.iters} forward / {args.backward_iters} backward iterations{', bf16' if args.bf16 else ''}",

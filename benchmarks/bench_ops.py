@@ -1,6 +1,7 @@
 """Benchmarks of the wtext mask ops against PyTorch baselines measured in the same run.
 
-    python benchmarks/bench_ops.py --device cpu     # tied_masked_weights fwd+bwd vs eager PyTorch (CPU target)
+    python benchmarks/bench_ops.py --device cpu     # tied_masked_weights fwd+bwd vs eager PyTorch (CPU target),
+                                                    # and the host cost of a tiny masked conv fwd+bwd
     python benchmarks/bench_ops.py --device cuda    # the same on a GPU, plus DESIGN.md's workload A:
                                                     # masked 3x3 conv fwd+bwd vs cuDNN dense vs eager conv2d(x, w*mask)
 
@@ -93,6 +94,30 @@ def bench_conv(device, args, dtype, channels):
         print_profile(f"cuDNN dense conv2d fwd+bwd, C={channels}, {name}", dense, device)
 
 
+def bench_host_cost(device, args):
+    """The host's cost of one masked conv fwd+bwd, on a conv so small that its kernels take no time. wtext's conv runs
+    once per tied application, so where launches are slow (the lent GPU VMs) this cost decides whether the GPU waits
+    for the host; on a CPU the same code paths run, so this is the figure to track between GPU sessions."""
+    x = torch.randn(1, 8, 4, 4, device=device).contiguous(memory_format=torch.channels_last).requires_grad_()
+    weight = torch.randn(8, 8, 3, 3, device=device, requires_grad=True)
+    dense_weight = weight.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    grad = torch.randn(1, 8, 4, 4, device=device).contiguous(memory_format=torch.channels_last)
+    calls = 200
+
+    def dense():
+        for _ in range(calls):
+            F.conv2d(x, dense_weight, padding=1).backward(grad)
+
+    def wtext_conv():
+        for _ in range(calls):
+            ops.masked_conv2d(x, weight, None, 1, 0, args.density, args.pattern, 1, 1).backward(grad)
+
+    rows = [(f"{name} (per call)", median_ms(fn, device, 2, args.repeats) / calls)
+            for name, fn in (("dense conv2d", dense), (f"wtext masked_conv2d ({args.pattern})", wtext_conv))]
+    print_table(f"host cost of a tiny 3x3 conv fwd+bwd (1x8x4x4, channels_last), {device}, "
+                f"{torch.get_num_threads()} threads", rows, "dense conv2d (per call)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
@@ -115,6 +140,7 @@ def main():
     print(f"torch {torch.__version__}, device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
           f", threads {torch.get_num_threads()}")
     bench_tied_weights(device, args)
+    bench_host_cost(device, args)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -2,7 +2,7 @@
 
 import torch
 
-from wtext.ops import _extension  # noqa: F401  (registers torch.ops.wtext.anderson_step)
+from wtext.ops import _extension  # noqa: F401  (registers torch.ops.wtext.anderson_tracked_step)
 
 from .layout import SampleFlattener
 from .registry import register_solver
