@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <torch/library.h>
 
 #include "anderson/anderson_track.h"
 
@@ -31,5 +32,30 @@ struct AndersonTrackerTensors {
 // Checks the tracker tensors and options against x (errors name the argument) and returns the step's options.
 TrackerOptions check_anderson_tracker(const at::Tensor& x, const AndersonTrackerTensors& tracker, int64_t step,
                                       double tol, bool relative, double divergence_ratio);
+
+// A backend's step: the kernels of both ops for already-checked arguments; tracker == nullptr is anderson_step.
+using AndersonStepRunner = at::Tensor (*)(const AndersonStepParams& params, const at::Tensor& x, const at::Tensor& fx,
+                                          at::Tensor& g_history, at::Tensor& f_history, at::Tensor& gram,
+                                          const AndersonTrackerTensors* tracker, const TrackerOptions& options);
+
+// Registers anderson_step and anderson_tracked_step for one backend's dispatch key (m): checks, then its runner.
+template <AndersonStepRunner run>
+void register_anderson_ops(torch::Library& m) {
+  m.impl("anderson_step", [](const at::Tensor& x, const at::Tensor& fx, at::Tensor& g_history, at::Tensor& f_history,
+                             at::Tensor& gram, int64_t step, double lam, double beta) {
+    const AndersonStepParams params = check_anderson_step(x, fx, g_history, f_history, gram, step, lam, beta);
+    return run(params, x, fx, g_history, f_history, gram, nullptr, TrackerOptions{});
+  });
+  m.impl("anderson_tracked_step",
+         [](const at::Tensor& x, const at::Tensor& fx, at::Tensor& g_history, at::Tensor& f_history, at::Tensor& gram,
+            at::Tensor& best, at::Tensor& lowest, at::Tensor& first, at::Tensor& steps, at::Tensor& active,
+            at::Tensor& diverged, at::Tensor& nonfinite, at::Tensor& trace, int64_t step, double lam, double beta,
+            double tol, bool relative, double divergence_ratio) {
+           const AndersonStepParams params = check_anderson_step(x, fx, g_history, f_history, gram, step, lam, beta);
+           const AndersonTrackerTensors tracker{best, lowest, first, steps, active, diverged, nonfinite, trace};
+           const TrackerOptions options = check_anderson_tracker(x, tracker, step, tol, relative, divergence_ratio);
+           return run(params, x, fx, g_history, f_history, gram, &tracker, options);
+         });
+}
 
 }  // namespace wtext

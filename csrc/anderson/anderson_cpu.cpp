@@ -81,7 +81,7 @@ TrackerState<scalar_t> tracker_state(const AndersonTrackerTensors& t) {
           t.nonfinite.mutable_data_ptr<bool>(), t.trace.mutable_data_ptr<scalar_t>()};
 }
 
-// Both ops: tracker == nullptr is the plain anderson_step.
+// The AndersonStepRunner of this backend (anderson.h).
 at::Tensor run_anderson_step(const AndersonStepParams& params, const at::Tensor& x, const at::Tensor& fx,
                              at::Tensor& g_history, at::Tensor& f_history, at::Tensor& gram,
                              const AndersonTrackerTensors* tracker, const TrackerOptions& options) {
@@ -105,28 +105,8 @@ at::Tensor run_anderson_step(const AndersonStepParams& params, const at::Tensor&
   return x_next;
 }
 
-at::Tensor anderson_step_cpu(const at::Tensor& x, const at::Tensor& fx, at::Tensor& g_history, at::Tensor& f_history,
-                             at::Tensor& gram, int64_t step, double lam, double beta) {
-  const AndersonStepParams params = check_anderson_step(x, fx, g_history, f_history, gram, step, lam, beta);
-  return run_anderson_step(params, x, fx, g_history, f_history, gram, nullptr, TrackerOptions{});
-}
-
-at::Tensor anderson_tracked_step_cpu(const at::Tensor& x, const at::Tensor& fx, at::Tensor& g_history,
-                                     at::Tensor& f_history, at::Tensor& gram, at::Tensor& best, at::Tensor& lowest,
-                                     at::Tensor& first, at::Tensor& steps, at::Tensor& active, at::Tensor& diverged,
-                                     at::Tensor& nonfinite, at::Tensor& trace, int64_t step, double lam, double beta,
-                                     double tol, bool relative, double divergence_ratio) {
-  const AndersonStepParams params = check_anderson_step(x, fx, g_history, f_history, gram, step, lam, beta);
-  const AndersonTrackerTensors tracker{best, lowest, first, steps, active, diverged, nonfinite, trace};
-  const TrackerOptions options = check_anderson_tracker(x, tracker, step, tol, relative, divergence_ratio);
-  return run_anderson_step(params, x, fx, g_history, f_history, gram, &tracker, options);
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(wtext, CPU, m) {
-  m.impl("anderson_step", &anderson_step_cpu);
-  m.impl("anderson_tracked_step", &anderson_tracked_step_cpu);
-}
+TORCH_LIBRARY_IMPL(wtext, CPU, m) { register_anderson_ops<&run_anderson_step>(m); }
 
 }  // namespace wtext
