@@ -118,3 +118,13 @@ def test_bad_tracker_options_are_named():
         step(*tracked_args("cpu"), 0, 1e-4, 1.0, 0.0, True, 1e3)
     with pytest.raises(RuntimeError, match=r"divergence_ratio must be > 1; got divergence_ratio=1"):
         step(*tracked_args("cpu"), 0, 1e-4, 1.0, 1e-6, True, 1.0)
+
+
+def test_empty_states_converge_at_once_on_every_device(device):
+    # Residual 0: every sample stops at step 0 with its (empty) iterate, on CPU and CUDA alike.
+    args = tracked_args(device, batch=3, dim=0)
+    x_next = torch.ops.wtext.anderson_tracked_step(*args, 0, 1e-4, 1.0, 1e-6, False, 1e3)
+    lowest, first, steps, active, diverged, nonfinite, trace = args[6:]
+    assert x_next.shape == (3, 0)
+    assert steps.tolist() == [1, 1, 1] and not active.any() and not diverged.any() and not nonfinite.any()
+    assert lowest.tolist() == [0.0, 0.0, 0.0] and trace[:, 0].tolist() == [0.0, 0.0, 0.0]

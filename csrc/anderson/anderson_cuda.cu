@@ -163,7 +163,7 @@ at::Tensor run_anderson_step(const AndersonStepParams& params, const at::Tensor&
   const at::Tensor x_c = x.contiguous();
   const at::Tensor fx_c = fx.contiguous();
   at::Tensor x_next = at::empty_like(x_c);
-  if (params.batch == 0 || params.dim == 0) return x_next;
+  if (params.batch == 0) return x_next;
   TORCH_CHECK(params.batch <= 65535, "anderson_step: batch must be <= 65535 on CUDA; got batch=", params.batch);
   at::Tensor scratch = at::empty({params.batch, kScratch}, x.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "anderson_step_cuda", [&] {
@@ -181,6 +181,7 @@ at::Tensor run_anderson_step(const AndersonStepParams& params, const at::Tensor&
           params, gram.const_data_ptr<scalar_t>(), scratch.mutable_data_ptr<double>(), options, state);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       const int64_t elements = params.batch * params.dim;
+      if (elements == 0) return;  // empty states: the Gram and tracking kernels ran (residual 0), nothing to mix
       const int mix_blocks = static_cast<int>(std::min<int64_t>((elements + kMixThreads - 1) / kMixThreads, 65535));
       const auto launch_mix = [&](auto kernel) {
         kernel<<<mix_blocks, kMixThreads, 0, stream>>>(

@@ -7,8 +7,9 @@
 // updates per sample, with the residual norms taken from data the Gram kernel streams anyway.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
-#include <limits>
+#include <type_traits>
 
 #include "anderson/anderson_solve.h"
 
@@ -35,6 +36,21 @@ struct TrackerOptions {
   bool relative = true;
 };
 
+// a / b rounded to nearest, also in CUDA code built with --use_fast_math (whose float division is approximate), so
+// CPU and CUDA take the same stop decisions.
+template <typename T>
+WTEXT_HD T divide_rounded(T a, T b) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (std::is_same_v<T, float>) {
+    return __fdiv_rn(a, b);
+  } else {
+    return __ddiv_rn(a, b);
+  }
+#else
+  return a / b;
+#endif
+}
+
 // Updates sample b from the squared norms of its residual f(x) - x and of f(x). Returns whether x is the sample's
 // new best iterate (the caller copies it into best). Afterwards active[b] says whether the sample moves on.
 template <typename real_t>
@@ -42,11 +58,11 @@ WTEXT_HD bool track_sample(const TrackerOptions& o, const TrackerState<real_t>& 
                            double image_sq) {
   // The norms are rounded to real_t before dividing, as per_sample_norm returns them in that type.
   real_t residual = static_cast<real_t>(square_root(residual_sq));
-  if (o.relative) residual = residual / (static_cast<real_t>(square_root(image_sq)) + static_cast<real_t>(1e-8));
+  if (o.relative) residual = divide_rounded(residual, static_cast<real_t>(square_root(image_sq)) + static_cast<real_t>(1e-8));
   const bool finite = finite_value(residual);
   if (o.step == 0) t.first[b] = finite ? residual : real_t(0);
   const bool active = t.active[b];
-  t.trace[b * o.trace_len + o.step] = active ? residual : std::numeric_limits<real_t>::quiet_NaN();
+  t.trace[b * o.trace_len + o.step] = active ? residual : static_cast<real_t>(NAN);
   const bool improved = active && finite && residual < t.lowest[b];
   if (improved) t.lowest[b] = residual;
   if (active) t.steps[b] = o.step + 1;

@@ -130,6 +130,9 @@ at::Tensor masked_weight(const at::Tensor& weight, int64_t seed, int64_t layer, 
 at::Tensor mask_weight_gradient(const at::Tensor& grad_effective_weight, const at::Tensor& weight, int64_t seed,
                                 int64_t layer, double density, const std::string& pattern, int64_t nm_n,
                                 int64_t nm_m) {
+  TORCH_CHECK(grad_effective_weight.sizes() == weight.sizes() && grad_effective_weight.device() == weight.device(),
+              "the effective weight's gradient must match weight (shape ", weight.sizes(), ", device ", weight.device(),
+              "); got shape ", grad_effective_weight.sizes(), " on ", grad_effective_weight.device());
   const int64_t layers[1] = {layer};
   TiedMaskPlan plan = plan_tied_masks(weight, layers, seed, density, pattern, nm_n, nm_m, "multi");
   at::Tensor grad_weight = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
