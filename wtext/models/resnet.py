@@ -57,7 +57,7 @@ class ResidualCell(nn.Module):
     def masked_weights(self, device: torch.device):
         """Both weights' masked views for all applications: one op call each per forward."""
         dtype = autocast_dtype(device)
-        return self.conv1(dtype), self.conv2(dtype)
+        return self.conv1.split(dtype), self.conv2.split(dtype)
 
     def forward(self, z, u, weights, application: int):
         w1, w2 = weights

@@ -66,7 +66,7 @@ class TransformerBlock(nn.Module):
 
     def masked_weights(self, device: torch.device):
         dtype = autocast_dtype(device)
-        return tuple(tied(dtype) for tied in (self.qkv, self.proj, self.fc1, self.fc2))
+        return tuple(tied.split(dtype) for tied in (self.qkv, self.proj, self.fc1, self.fc2))
 
     def forward(self, z, weights, application: int):
         qkv_w, proj_w, fc1_w, fc2_w = (tied.view(w, application)

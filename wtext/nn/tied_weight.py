@@ -15,8 +15,8 @@ class TiedMaskedWeight(nn.Module):
     """A weight of `shape` shared by `applications` tied applications, each under its mask.
 
     forward(dtype=None) returns the masked views stacked [views, *shape] with one wtext op call per forward (views is
-    L for "multi", 1 for "same", 1 for "dense" where the weight itself is the view); `view(stacked, l)` picks the
-    weight for application l. The state_dict holds the weight only: masks are regenerated from the spec and seed.
+    L for "multi", 1 for "same", 1 for "dense" where the weight itself is the view); split(dtype) returns them as a
+    tuple, and `view(views, l)` picks the weight for application l. The state_dict holds the weight only: masks are regenerated from the spec and seed.
     With `use_reference = True` the masks come from the plain-PyTorch mask function instead of the op (same math).
     """
 
@@ -50,7 +50,14 @@ class TiedMaskedWeight(nn.Module):
         return ops.tied_masked_weights(self.weight, self.views, self.seed, spec.density, spec.pattern, spec.mode,
                                        dtype, nm=spec.nm)
 
-    def view(self, stacked: torch.Tensor, application: int) -> torch.Tensor:
+    def split(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, ...]:
+        """forward(dtype) as a tuple of its views, for `view`. Prefer it to indexing the stacked tensor: each
+        `stacked[l]` gets its own backward node that builds a zero-filled [views, *shape] gradient, and autograd sums
+        those L tensors (O(L^2) work per weight per step); unbind's backward stacks the L gradients once."""
+        return self(dtype).unbind(0)
+
+    def view(self, stacked, application: int) -> torch.Tensor:
+        """The weight of application l from forward()'s stacked tensor or split()'s tuple."""
         return stacked[application if self.views > 1 else 0]
 
     def mask(self, layer: int) -> torch.Tensor:
