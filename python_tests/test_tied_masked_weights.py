@@ -1,5 +1,7 @@
 """tied_masked_weights: W ⊙ M_l stacked for every layer, and its fused gradient dW = Σ_l dW_l ⊙ M_l."""
 
+import math
+
 import pytest
 import torch
 
@@ -95,6 +97,28 @@ def test_opcheck(device):
     torch.library.opcheck(torch.ops.wtext.tied_masked_weights_backward.default,
                           (grad, weight.detach(), [0, 1, 2], 3, 0.5, "nm", 2, 4, "multi"))
     torch.library.opcheck(torch.ops.wtext.mask.default, (torch.empty(8, 36, device=device), 1, 2, 0.5, "exact", 2, 4))
+
+
+@pytest.mark.parametrize("shape", [(8, 4, 3, 3), (5, 3, 2, 5), (6, 1, 3, 3), (4, 6, 1, 1)])
+@pytest.mark.parametrize("pattern", ["bernoulli", "nm"])
+def test_channels_last_weight_gives_channels_last_views(device, shape, pattern):
+    # A model moved to channels_last has channels_last 4-d weights: its views come out channels_last (read and
+    # written in place by the kernels), with the same values and gradients as from a row-major weight.
+    nm = (1, 1) if pattern == "nm" and math.prod(shape[1:]) % 4 else (2, 4)
+    weight = torch.randn(shape, device=device)
+    weight_cl = weight.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
+    weight_rm = weight.clone().requires_grad_()
+    views_cl = ops.tied_masked_weights(weight_cl, 3, 5, 0.5, pattern, "multi", torch.bfloat16, nm=nm)
+    views_rm = ops.tied_masked_weights(weight_rm, 3, 5, 0.5, pattern, "multi", torch.bfloat16, nm=nm)
+    assert torch.equal(views_cl, views_rm)
+    if shape[1] > 1 and shape[2] * shape[3] > 1:
+        assert all(view.is_contiguous(memory_format=torch.channels_last) for view in views_cl.unbind(0))
+    grad = torch.randn(views_rm.shape, device=device, dtype=views_rm.dtype)
+    views_cl.backward(grad)
+    views_rm.backward(grad)
+    torch.testing.assert_close(weight_cl.grad, weight_rm.grad)
+    torch.library.opcheck(torch.ops.wtext.tied_masked_weights.default,
+                          (weight_cl.detach().clone().requires_grad_(), [0, 2], 5, 0.5, pattern, *nm, "multi", None))
 
 
 def test_works_under_torch_compile(device):

@@ -28,6 +28,9 @@ struct TiedMaskParams {
   // kh*kw = channels_last_spatial: writing and reading it in place saves a layout copy (one kernel launch) per call.
   int64_t channels_last_in = 0;
   int64_t channels_last_spatial = 1;
+  // With a channels_last layout: whether the weight the forward reads is stored that way too (a model moved to
+  // channels_last), so it is read at the stored offset instead of at the logical index of a row-major copy.
+  bool weight_stored_alike = false;
   LayerMask layers[kMaxLayersPerLaunch];
 };
 

@@ -16,6 +16,27 @@ std::vector<int64_t> stacked_shape(int64_t num_layers, at::IntArrayRef weight_sh
   return shape;
 }
 
+// A 4-d tensor stored channels_last ([out, kh, kw, in] in memory) that is not also row-major (in = 1 or
+// kh = kw = 1 make the two orders equal, and then no index map is needed).
+bool channels_last_only(const at::Tensor& tensor) {
+  return tensor.dim() == 4 && !tensor.is_contiguous() && tensor.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+// Marks the per-layer tensor the kernels write or read as channels_last in params (see stored_offset).
+void set_channels_last(TiedMaskParams& params, const at::Tensor& like) {
+  params.channels_last_in = like.size(1);
+  params.channels_last_spatial = like.size(2) * like.size(3);
+}
+
+// The weight as the forward kernel reads it: in place when it is stored like the output, else row-major.
+at::Tensor weight_for_forward(TiedMaskParams& params, const at::Tensor& weight) {
+  if (params.channels_last_in != 0 && channels_last_only(weight)) {
+    params.weight_stored_alike = true;
+    return weight;
+  }
+  return weight.contiguous();
+}
+
 }  // namespace
 
 at::Tensor mask_op(const TiedMaskKernels& kernels, const at::Tensor& like, int64_t seed, int64_t layer, double density,
@@ -30,17 +51,27 @@ at::Tensor mask_op(const TiedMaskKernels& kernels, const at::Tensor& like, int64
 at::Tensor tied_masked_weights_op(const TiedMaskKernels& kernels, const at::Tensor& weight, at::IntArrayRef layers,
                                   int64_t seed, double density, const std::string& pattern, int64_t nm_n, int64_t nm_m,
                                   const std::string& mode, std::optional<at::ScalarType> dtype) {
-  const TiedMaskPlan plan = plan_tied_masks(weight, layers, seed, density, pattern, nm_n, nm_m, mode);
+  TiedMaskPlan plan = plan_tied_masks(weight, layers, seed, density, pattern, nm_n, nm_m, mode);
   const at::ScalarType out_dtype = dtype.value_or(weight.scalar_type());
   TORCH_CHECK(at::isFloatingType(out_dtype), "dtype must be a floating-point dtype; got dtype=", out_dtype);
-  // The mask is defined on the logical row-major element order, so kernels read a contiguous weight.
-  const at::Tensor weight_rowmajor = weight.contiguous();
-  at::Tensor out = at::empty(stacked_shape(static_cast<int64_t>(layers.size()), weight.sizes()),
-                             weight.options().dtype(out_dtype));
+  const auto shape = stacked_shape(static_cast<int64_t>(layers.size()), weight.sizes());
+  const at::TensorOptions options = weight.options().dtype(out_dtype);
+  // The views take the weight's layout: a channels_last weight (a model moved to channels_last) gets channels_last
+  // views, which a channels_last convolution takes as they are instead of reordering the weight on every call.
+  const bool channels_last = channels_last_only(weight);
+  at::Tensor out;
+  if (channels_last) {
+    const int64_t in = weight.size(1), kw = weight.size(3);
+    out = at::empty_strided(shape, {weight.numel(), weight.numel() / weight.size(0), 1, kw * in, in}, options);
+  } else {
+    out = at::empty(shape, options);
+  }
   if (weight.numel() == 0) return out;
   int64_t start = 0;
-  for (const TiedMaskParams& chunk : plan.chunks) {
-    kernels.forward(chunk, plan.pattern, weight_rowmajor, out.narrow(0, start, chunk.num_layers));
+  for (TiedMaskParams& chunk : plan.chunks) {
+    if (channels_last) set_channels_last(chunk, weight);
+    const at::Tensor weight_read = weight_for_forward(chunk, weight);
+    kernels.forward(chunk, plan.pattern, weight_read, out.narrow(0, start, chunk.num_layers));
     start += chunk.num_layers;
   }
   return out;
@@ -93,15 +124,6 @@ kernel_table() {
   return table;
 }
 
-// Marks a 4-d tensor stored channels_last as such in params, so the kernels address it in place. Tensors that are
-// channels_last and row-major at once (in = 1 or kh = kw = 1) need no index map.
-void set_stored_layout(TiedMaskParams& params, const at::Tensor& stored) {
-  if (stored.dim() == 4 && !stored.is_contiguous() && stored.is_contiguous(at::MemoryFormat::ChannelsLast)) {
-    params.channels_last_in = stored.size(1);
-    params.channels_last_spatial = stored.size(2) * stored.size(3);
-  }
-}
-
 }  // namespace
 
 void register_tied_mask_kernels(c10::DeviceType device_type, const TiedMaskKernels& kernels) {
@@ -122,8 +144,9 @@ at::Tensor masked_weight(const at::Tensor& weight, int64_t seed, int64_t layer, 
   TiedMaskPlan plan = plan_tied_masks(weight, layers, seed, density, pattern, nm_n, nm_m, "multi");
   at::Tensor out = at::empty(weight.sizes(), weight.options().dtype(dtype).memory_format(format));
   if (out.numel() == 0) return out;
-  set_stored_layout(plan.chunks[0], out);
-  tied_mask_kernels(weight.device().type()).forward(plan.chunks[0], plan.pattern, weight.contiguous(), out);
+  if (channels_last_only(out)) set_channels_last(plan.chunks[0], out);
+  const at::Tensor weight_read = weight_for_forward(plan.chunks[0], weight);
+  tied_mask_kernels(weight.device().type()).forward(plan.chunks[0], plan.pattern, weight_read, out);
   return out;
 }
 
@@ -137,10 +160,9 @@ at::Tensor mask_weight_gradient(const at::Tensor& grad_effective_weight, const a
   TiedMaskPlan plan = plan_tied_masks(weight, layers, seed, density, pattern, nm_n, nm_m, "multi");
   at::Tensor grad_weight = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
   if (weight.numel() == 0) return grad_weight;
-  const bool channels_last = grad_effective_weight.dim() == 4 &&
-                             grad_effective_weight.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const bool channels_last = channels_last_only(grad_effective_weight);
   const at::Tensor grad = channels_last ? grad_effective_weight : grad_effective_weight.contiguous();
-  set_stored_layout(plan.chunks[0], grad);
+  if (channels_last) set_channels_last(plan.chunks[0], grad);
   tied_mask_kernels(weight.device().type())
       .backward(plan.chunks[0], plan.pattern, grad, grad_weight, /*accumulate=*/false);
   return grad_weight;

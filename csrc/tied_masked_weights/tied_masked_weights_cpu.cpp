@@ -123,8 +123,9 @@ void forward_loop(const TiedMaskParams& params, const in_t* weight, out_t* out) 
         }
       } else {
         for (int64_t i = begin; i < end; ++i) {
-          out_layer[kRowMajor ? i : offsets[i - begin]] =
-              select_or_zero(keep_flags[i - begin], static_cast<out_t>(weight[i]));
+          const int64_t at = kRowMajor ? i : offsets[i - begin];
+          const in_t value = weight[!kRowMajor && params.weight_stored_alike ? at : i];
+          out_layer[at] = select_or_zero(keep_flags[i - begin], static_cast<out_t>(value));
         }
       }
     }

@@ -25,7 +25,7 @@ __global__ void forward_kernel(const TiedMaskParams params, const in_t* __restri
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; s < params.numel; s += stride) {
     const int64_t i = logical_index(params, s);
-    const out_t value = weight ? static_cast<out_t>(weight[i]) : out_t(1);
+    const out_t value = weight ? static_cast<out_t>(weight[params.weight_stored_alike ? s : i]) : out_t(1);
     for (int j = 0; j < params.num_layers; ++j) {
       const bool kept = keep<P>(params.layers[j], static_cast<uint64_t>(i), params.reduction, params.nm_n, params.nm_m);
       out[j * params.numel + s] = kept ? value : out_t(0);

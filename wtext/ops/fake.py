@@ -1,7 +1,8 @@
 """Fake (meta) kernels: output shapes, dtypes and layouts of every wtext op, so torch.compile can trace them.
 
 The layout rule mirrors layer_memory_format() in csrc/masked_conv2d/masked_conv2d.cpp: outputs and input
-gradients of a layer are channels_last exactly when x is channels_last-contiguous and not plain-contiguous.
+gradients of a layer are channels_last exactly when x is channels_last-contiguous and not plain-contiguous; the
+views of tied_masked_weights follow the same rule applied to the weight (csrc/tied_masked_weights).
 """
 
 import torch
@@ -22,7 +23,13 @@ def _mask_fake(like, seed, layer, density, pattern, nm_n, nm_m):
 
 @torch.library.register_fake("wtext::tied_masked_weights")
 def _tied_masked_weights_fake(weight, layers, seed, density, pattern, nm_n, nm_m, mode, dtype=None):
-    return weight.new_empty((len(layers), *weight.shape), dtype=dtype or weight.dtype)
+    shape = (len(layers), *weight.shape)
+    if layer_memory_format(weight) == torch.channels_last:  # the views take a channels_last weight's layout
+        out_channels, in_channels, _, kernel_w = weight.shape
+        reduction = weight.numel() // out_channels
+        return weight.new_empty_strided(shape, (weight.numel(), reduction, 1, kernel_w * in_channels, in_channels),
+                                        dtype=dtype or weight.dtype)
+    return weight.new_empty(shape, dtype=dtype or weight.dtype)
 
 
 @torch.library.register_fake("wtext::tied_masked_weights_backward")

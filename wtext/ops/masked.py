@@ -80,6 +80,8 @@ def tied_masked_weights(
     layers: a count L (meaning layers 0..L-1) or a list of layer indices (>= 0).
     mode: "multi" (mask of layer l for layer l), "same" (layer 0's mask for every layer), "dense" (no mask).
     dtype: output dtype (e.g. torch.bfloat16 for a float32 master weight); defaults to weight.dtype.
+    A channels_last 4-d weight gives channels_last views (out[l] is channels_last), as channels_last convolutions
+    want them; any other weight gives contiguous views.
     Differentiable in weight: dW = sum_l dOut_l ⊙ M_l, one fused reduction with regenerated masks.
     """
     n, m = _nm_pair(nm)
