@@ -215,6 +215,20 @@ def test_unknown_preset_option_and_variant():
         tiny_resnet(width=3, groups=1, mask=MaskSpec(pattern="nm"))
 
 
+@pytest.mark.parametrize("build", [tiny_resnet, tiny_vit], ids=["resnet", "vit"])
+def test_deq_twin_trains_under_autocast_with_the_backward_outside_it(build):
+    # The training loop calls backward() after the autocast region closes; the implicit backward re-runs the cell,
+    # whose captured weights are bfloat16, so it must re-enter the forward's autocast region.
+    torch.manual_seed(0)
+    model = build(deq=DEQConfig(f_max_iter=6, b_max_iter=6)).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(torch.randn(2, 3, 16, 16)).float().square().mean()
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("build", [tiny_resnet, tiny_vit], ids=["resnet", "vit"])
 def test_cuda_bf16_autocast_matches_the_reference_path(build):

@@ -117,6 +117,12 @@ def test_channels_last_weight_gives_channels_last_views(device, shape, pattern):
     views_cl.backward(grad)
     views_rm.backward(grad)
     torch.testing.assert_close(weight_cl.grad, weight_rm.grad)
+    # the gradient of channels_last views arrives stacked in their layout (unbind's backward) and is read in place
+    grad_cl = torch.empty_like(views_cl).copy_(grad)
+    assert grad_cl.stride() == views_cl.stride()
+    backward_args = (weight_cl.detach(), [0, 1, 2], 5, 0.5, pattern, *nm, "multi")
+    torch.testing.assert_close(torch.ops.wtext.tied_masked_weights_backward(grad_cl, *backward_args),
+                               torch.ops.wtext.tied_masked_weights_backward(grad, *backward_args))
     torch.library.opcheck(torch.ops.wtext.tied_masked_weights.default,
                           (weight_cl.detach().clone().requires_grad_(), [0, 2], 5, 0.5, pattern, *nm, "multi", None))
 

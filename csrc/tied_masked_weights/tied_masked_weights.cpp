@@ -22,6 +22,12 @@ bool channels_last_only(const at::Tensor& tensor) {
   return tensor.dim() == 4 && !tensor.is_contiguous() && tensor.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
 
+// Strides of stacked views [L, out, in, kh, kw] of a 4-d weight, each view channels_last.
+std::vector<int64_t> stacked_channels_last_strides(const at::Tensor& weight) {
+  const int64_t in = weight.size(1), kw = weight.size(3);
+  return {weight.numel(), weight.numel() / weight.size(0), 1, kw * in, in};
+}
+
 // Marks the per-layer tensor the kernels write or read as channels_last in params (see stored_offset).
 void set_channels_last(TiedMaskParams& params, const at::Tensor& like) {
   params.channels_last_in = like.size(1);
@@ -61,16 +67,19 @@ at::Tensor tied_masked_weights_op(const TiedMaskKernels& kernels, const at::Tens
   const bool channels_last = channels_last_only(weight);
   at::Tensor out;
   if (channels_last) {
-    const int64_t in = weight.size(1), kw = weight.size(3);
-    out = at::empty_strided(shape, {weight.numel(), weight.numel() / weight.size(0), 1, kw * in, in}, options);
+    out = at::empty_strided(shape, stacked_channels_last_strides(weight), options);
   } else {
     out = at::empty(shape, options);
   }
   if (weight.numel() == 0) return out;
+  // The weight is read in place when it is stored like the views (both channels_last), else row-major.
+  const at::Tensor weight_read = channels_last ? weight : weight.contiguous();
   int64_t start = 0;
   for (TiedMaskParams& chunk : plan.chunks) {
-    if (channels_last) set_channels_last(chunk, weight);
-    const at::Tensor weight_read = weight_for_forward(chunk, weight);
+    if (channels_last) {
+      set_channels_last(chunk, weight);
+      chunk.weight_stored_alike = true;
+    }
     kernels.forward(chunk, plan.pattern, weight_read, out.narrow(0, start, chunk.num_layers));
     start += chunk.num_layers;
   }
@@ -88,13 +97,18 @@ at::Tensor tied_masked_weights_backward_op(const TiedMaskKernels& kernels, const
   const auto expected = stacked_shape(static_cast<int64_t>(layers.size()), weight.sizes());
   TORCH_CHECK(grad.sizes() == at::IntArrayRef(expected), "grad must have shape [len(layers), *weight.shape] = ",
               at::IntArrayRef(expected), "; got grad.shape=", grad.sizes());
-  const TiedMaskPlan plan = plan_tied_masks(weight, layers, seed, density, pattern, nm_n, nm_m, mode);
-  const at::Tensor grad_rowmajor = grad.contiguous();
+  TiedMaskPlan plan = plan_tied_masks(weight, layers, seed, density, pattern, nm_n, nm_m, mode);
   at::Tensor grad_weight = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
   if (weight.numel() == 0) return grad_weight;
+  // The gradient of channels_last views (what unbind's backward stacks for a channels_last model) is read in place;
+  // any other layout is made row-major first.
+  const bool channels_last = !grad.is_contiguous() && weight.dim() == 4 &&
+                             grad.strides() == at::IntArrayRef(stacked_channels_last_strides(weight));
+  const at::Tensor grad_read = channels_last ? grad : grad.contiguous();
   int64_t start = 0;
-  for (const TiedMaskParams& chunk : plan.chunks) {
-    kernels.backward(chunk, plan.pattern, grad_rowmajor.narrow(0, start, chunk.num_layers), grad_weight,
+  for (TiedMaskParams& chunk : plan.chunks) {
+    if (channels_last) set_channels_last(chunk, weight);
+    kernels.backward(chunk, plan.pattern, grad_read.narrow(0, start, chunk.num_layers), grad_weight,
                      /*accumulate=*/start > 0);
     start += chunk.num_layers;
   }

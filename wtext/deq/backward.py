@@ -4,9 +4,23 @@ All three take the fixed point found without a graph and return a tensor equal t
 steps from it (phantom), attached to the graph of f's parameters and of x.
 """
 
+import contextlib
+
 import torch
 
 from .registry import get_solver
+
+
+def autocast_state(device_type: str):
+    """(device_type, dtype) of the autocast region we are in, or None outside one."""
+    if torch.is_autocast_enabled(device_type):
+        return device_type, torch.get_autocast_dtype(device_type)
+    return None
+
+
+def autocast_like(state):
+    """Re-enters the autocast region recorded by autocast_state (a no-op for None)."""
+    return torch.autocast(state[0], dtype=state[1]) if state is not None else contextlib.nullcontext()
 
 
 class ImplicitGradient(torch.autograd.Function):
@@ -18,12 +32,15 @@ class ImplicitGradient(torch.autograd.Function):
     def forward(ctx, z_out, z_star, f, solve, solve_options, stats_sink):
         ctx.save_for_backward(z_star)
         ctx.f, ctx.solve, ctx.solve_options, ctx.stats_sink = f, solve, solve_options, stats_sink
+        # backward() usually runs after the autocast region has closed, but f must be re-run as in forward: its
+        # captured weights may be in the autocast dtype, which mixed with float32 activations is an error.
+        ctx.autocast = autocast_state(z_star.device.type)
         return z_out.clone()
 
     @staticmethod
     def backward(ctx, grad):
         (z_star,) = ctx.saved_tensors
-        with torch.enable_grad():
+        with torch.enable_grad(), autocast_like(ctx.autocast):
             z = z_star.detach().requires_grad_()
             fz = ctx.f(z)
 
