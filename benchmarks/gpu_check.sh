@@ -99,7 +99,7 @@ fi
   echo
   echo "== summary (log: $LOG)"
   printf '%s\n' "${SUMMARY[@]}"
-  grep -h -E "^[0-9]+ (passed|failed)|^=+ .*(passed|failed)" "$LOG"
+  grep -h -E "^[0-9]+ (passed|failed|skipped)|^=+ .*(passed|failed)" "$LOG"
   grep -h -E "^FAILED|^ERROR|argument errors raise|^(plain|wtext_flags|abi_1|static_libstdcxx|system_gxx) " "$LOG" | head -30
   grep -h -A6 -E "^workload A|^tied_masked_weights fwd" "$LOG"
   grep -h -A3 -E "^host cost" "$LOG"
