@@ -81,6 +81,7 @@ def test_channels_last_states_keep_their_layout_and_results(device):
         z, stats = deq.get_solver("anderson")(f, z0, max_iter=30, tol=1e-5)
         z_ref, ref = python_tracked_anderson(f, z0, max_iter=30, tol=1e-5, stop_mode="rel")
     assert torch.equal(stats.steps, ref.steps) and stats.converged.all()
+    assert z.is_contiguous(memory_format=torch.channels_last)  # the cell's output layout
     torch.testing.assert_close(z, z_ref, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(f(z), z, rtol=1e-4, atol=1e-4)
 

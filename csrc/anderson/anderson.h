@@ -29,6 +29,16 @@ struct AndersonTrackerTensors {
   at::Tensor best, lowest, first, steps, active, diverged, nonfinite, trace;
 };
 
+// Raw pointers to the tracker tensors for the kernels (all null for anderson_step, tracker == nullptr).
+template <typename real_t>
+TrackerState<real_t> tracker_state(const AndersonTrackerTensors* tracker) {
+  if (tracker == nullptr) return TrackerState<real_t>{};
+  return {tracker->best.mutable_data_ptr<real_t>(),    tracker->lowest.mutable_data_ptr<real_t>(),
+          tracker->first.mutable_data_ptr<real_t>(),   tracker->steps.mutable_data_ptr<int64_t>(),
+          tracker->active.mutable_data_ptr<bool>(),    tracker->diverged.mutable_data_ptr<bool>(),
+          tracker->nonfinite.mutable_data_ptr<bool>(), tracker->trace.mutable_data_ptr<real_t>()};
+}
+
 // Checks the tracker tensors and options against x (errors name the argument) and returns the step's options.
 TrackerOptions check_anderson_tracker(const at::Tensor& x, const AndersonTrackerTensors& tracker, int64_t step,
                                       double tol, bool relative, double divergence_ratio);

@@ -73,14 +73,6 @@ void anderson_step_loop(const AndersonStepParams& p, const scalar_t* x, const sc
   });
 }
 
-template <typename scalar_t>
-TrackerState<scalar_t> tracker_state(const AndersonTrackerTensors& t) {
-  return {t.best.mutable_data_ptr<scalar_t>(),  t.lowest.mutable_data_ptr<scalar_t>(),
-          t.first.mutable_data_ptr<scalar_t>(), t.steps.mutable_data_ptr<int64_t>(),
-          t.active.mutable_data_ptr<bool>(),    t.diverged.mutable_data_ptr<bool>(),
-          t.nonfinite.mutable_data_ptr<bool>(), t.trace.mutable_data_ptr<scalar_t>()};
-}
-
 // The AndersonStepRunner of this backend (anderson.h).
 at::Tensor run_anderson_step(const AndersonStepParams& params, const at::Tensor& x, const at::Tensor& fx,
                              at::Tensor& g_history, at::Tensor& f_history, at::Tensor& gram,
@@ -94,7 +86,7 @@ at::Tensor run_anderson_step(const AndersonStepParams& params, const at::Tensor&
           params, x_c.const_data_ptr<scalar_t>(), fx_c.const_data_ptr<scalar_t>(),
           g_history.mutable_data_ptr<scalar_t>(), f_history.mutable_data_ptr<scalar_t>(),
           gram.mutable_data_ptr<scalar_t>(), x_next.mutable_data_ptr<scalar_t>(), options,
-          tracker ? tracker_state<scalar_t>(*tracker) : TrackerState<scalar_t>{});
+          tracker_state<scalar_t>(tracker));
     };
     if (tracker) {
       run(std::true_type{});

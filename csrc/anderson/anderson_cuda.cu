@@ -145,15 +145,6 @@ __global__ void mix_kernel(const AndersonStepParams p, const scalar_t* __restric
   }
 }
 
-template <typename scalar_t>
-TrackerState<scalar_t> tracker_state(const AndersonTrackerTensors* t) {
-  if (t == nullptr) return TrackerState<scalar_t>{};
-  return {t->best.mutable_data_ptr<scalar_t>(),  t->lowest.mutable_data_ptr<scalar_t>(),
-          t->first.mutable_data_ptr<scalar_t>(), t->steps.mutable_data_ptr<int64_t>(),
-          t->active.mutable_data_ptr<bool>(),    t->diverged.mutable_data_ptr<bool>(),
-          t->nonfinite.mutable_data_ptr<bool>(), t->trace.mutable_data_ptr<scalar_t>()};
-}
-
 // The AndersonStepRunner of this backend (anderson.h).
 at::Tensor run_anderson_step(const AndersonStepParams& params, const at::Tensor& x, const at::Tensor& fx,
                              at::Tensor& g_history, at::Tensor& f_history, at::Tensor& gram,

@@ -42,18 +42,13 @@ void check_conv_arguments(const at::Tensor& x, const at::Tensor& weight, const s
   }
 }
 
-at::Tensor effective_conv_weight(const at::Tensor& x, const at::Tensor& weight, int64_t seed, int64_t layer,
-                                 double density, c10::string_view pattern, int64_t nm_n, int64_t nm_m) {
-  // Matching x's layout avoids a weight reorder inside the convolution backend.
-  return masked_weight(weight, seed, layer, density, std::string(pattern), nm_n, nm_m, x.scalar_type(),
-                       layer_memory_format(x));
-}
-
 at::Tensor masked_conv2d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                          int64_t seed, int64_t layer, double density, c10::string_view pattern, int64_t nm_n,
                          int64_t nm_m, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   check_conv_arguments(x, weight, bias, stride, padding, dilation);
-  const at::Tensor w = effective_conv_weight(x, weight, seed, layer, density, pattern, nm_n, nm_m);
+  // Matching x's layout avoids a weight reorder inside the convolution backend.
+  const at::Tensor w = MaskedLayerWeight(weight, seed, layer, density, std::string(pattern), nm_n, nm_m)
+                           .masked(x.scalar_type(), layer_memory_format(x));
   std::optional<at::Tensor> b;
   if (bias.has_value()) b = bias->to(x.scalar_type());
   return at::conv2d(x, w, b, stride, padding, dilation, 1).contiguous(layer_memory_format(x));
@@ -66,14 +61,13 @@ std::tuple<at::Tensor, at::Tensor> masked_conv2d_backward(const at::Tensor& grad
                                                           at::IntArrayRef dilation) {
   check_conv_arguments(x, weight, std::nullopt, stride, padding, dilation);
   const at::MemoryFormat format = layer_memory_format(x);
-  const at::Tensor w = effective_conv_weight(x, weight, seed, layer, density, pattern, nm_n, nm_m);
+  const MaskedLayerWeight mask(weight, seed, layer, density, std::string(pattern), nm_n, nm_m);
+  const at::Tensor w = mask.masked(x.scalar_type(), format);
   const std::array<int64_t, 2> no_output_padding{0, 0};
   auto [grad_x, grad_w, unused_grad_bias] = at::convolution_backward(
       grad_out.to(x.scalar_type()).contiguous(format), x, w, std::nullopt, stride, padding, dilation,
       /*transposed=*/false, no_output_padding, /*groups=*/1, {true, true, false});
-  const at::Tensor grad_weight =
-      mask_weight_gradient(grad_w, weight, seed, layer, density, std::string(pattern), nm_n, nm_m);
-  return {grad_x.contiguous(format), grad_weight};
+  return {grad_x.contiguous(format), mask.gradient(grad_w)};
 }
 
 }  // namespace

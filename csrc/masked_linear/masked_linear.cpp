@@ -23,8 +23,8 @@ at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const st
                          int64_t seed, int64_t layer, double density, c10::string_view pattern, int64_t nm_n,
                          int64_t nm_m) {
   check_linear_arguments(x, weight, bias);
-  const at::Tensor w = masked_weight(weight, seed, layer, density, std::string(pattern), nm_n, nm_m, x.scalar_type(),
-                                     at::MemoryFormat::Contiguous);
+  const at::Tensor w = MaskedLayerWeight(weight, seed, layer, density, std::string(pattern), nm_n, nm_m)
+                           .masked(x.scalar_type(), at::MemoryFormat::Contiguous);
   std::optional<at::Tensor> b;
   if (bias.has_value()) b = bias->to(x.scalar_type());
   return at::linear(x, w, b).contiguous();
@@ -35,15 +35,13 @@ std::tuple<at::Tensor, at::Tensor> masked_linear_backward(const at::Tensor& grad
                                                           double density, c10::string_view pattern, int64_t nm_n,
                                                           int64_t nm_m) {
   check_linear_arguments(x, weight, std::nullopt);
-  const at::Tensor w = masked_weight(weight, seed, layer, density, std::string(pattern), nm_n, nm_m, x.scalar_type(),
-                                     at::MemoryFormat::Contiguous);
+  const MaskedLayerWeight mask(weight, seed, layer, density, std::string(pattern), nm_n, nm_m);
+  const at::Tensor w = mask.masked(x.scalar_type(), at::MemoryFormat::Contiguous);
   const at::Tensor grad_rows = grad_out.to(x.scalar_type()).reshape({-1, weight.size(0)});
   const at::Tensor x_rows = x.reshape({-1, weight.size(1)});
   const at::Tensor grad_x = at::mm(grad_rows, w).reshape(x.sizes());
   const at::Tensor grad_w = at::mm(grad_rows.t(), x_rows);
-  const at::Tensor grad_weight =
-      mask_weight_gradient(grad_w, weight, seed, layer, density, std::string(pattern), nm_n, nm_m);
-  return {grad_x.contiguous(), grad_weight};
+  return {grad_x.contiguous(), mask.gradient(grad_w)};
 }
 
 }  // namespace

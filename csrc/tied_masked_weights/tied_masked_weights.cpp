@@ -34,13 +34,55 @@ void set_channels_last(TiedMaskParams& params, const at::Tensor& like) {
   params.channels_last_spatial = like.size(2) * like.size(3);
 }
 
-// The weight as the forward kernel reads it: in place when it is stored like the output, else row-major.
-at::Tensor weight_for_forward(TiedMaskParams& params, const at::Tensor& weight) {
-  if (params.channels_last_in != 0 && channels_last_only(weight)) {
-    params.weight_stored_alike = true;
-    return weight;
+// Whether `stacked` [L, *weight.shape] holds channels_last views of a 4-d weight (and is not also row-major).
+bool stacked_channels_last(const at::Tensor& stacked, const at::Tensor& weight) {
+  return weight.dim() == 4 && !stacked.is_contiguous() &&
+         stacked.strides() == at::IntArrayRef(stacked_channels_last_strides(weight));
+}
+
+// The layers of `chunk` in a tensor holding the plan's layers along dim 0. A single chunk is the whole tensor,
+// which may then also be one layer without that dim (a masked layer op's weight): no view op on that hot path.
+at::Tensor chunk_layers(const at::Tensor& layers, const TiedMaskPlan& plan, int64_t start, int64_t count) {
+  return plan.chunks.size() == 1 ? layers : layers.narrow(0, start, count);
+}
+
+// Writes W ⊙ M_l for the plan's layers into out (its layers row-major, or channels_last views when
+// `channels_last`; the kernels address either in place). The weight is read in place when it is stored like the
+// views, else from a row-major copy.
+void write_masked_views(const TiedMaskKernels& kernels, const TiedMaskPlan& plan, const at::Tensor& weight,
+                        const at::Tensor& out, bool channels_last) {
+  if (weight.numel() == 0) return;
+  const bool weight_alike = channels_last && channels_last_only(weight);
+  const at::Tensor weight_read = weight_alike ? weight : weight.contiguous();
+  int64_t start = 0;
+  for (const TiedMaskParams& chunk : plan.chunks) {
+    TiedMaskParams params = chunk;
+    if (channels_last) {
+      set_channels_last(params, weight);
+      params.weight_stored_alike = weight_alike;
+    }
+    kernels.forward(params, plan.pattern, weight_read, chunk_layers(out, plan, start, params.num_layers));
+    start += params.num_layers;
   }
-  return weight.contiguous();
+}
+
+// dW = sum_l grad_l ⊙ M_l over the plan's layers, in weight's dtype. grad holds the layers' gradients, read in
+// place when they are channels_last views (`channels_last`: what unbind's backward stacks for a channels_last
+// model, or a channels_last convolution's weight gradient), else made row-major first.
+at::Tensor sum_masked_gradients(const TiedMaskKernels& kernels, const TiedMaskPlan& plan, const at::Tensor& grad,
+                                const at::Tensor& weight, bool channels_last) {
+  at::Tensor grad_weight = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
+  if (weight.numel() == 0) return grad_weight;
+  const at::Tensor grad_read = channels_last ? grad : grad.contiguous();
+  int64_t start = 0;
+  for (const TiedMaskParams& chunk : plan.chunks) {
+    TiedMaskParams params = chunk;
+    if (channels_last) set_channels_last(params, weight);
+    kernels.backward(params, plan.pattern, chunk_layers(grad_read, plan, start, params.num_layers), grad_weight,
+                     /*accumulate=*/start > 0);
+    start += params.num_layers;
+  }
+  return grad_weight;
 }
 
 }  // namespace
@@ -57,7 +99,7 @@ at::Tensor mask_op(const TiedMaskKernels& kernels, const at::Tensor& like, int64
 at::Tensor tied_masked_weights_op(const TiedMaskKernels& kernels, const at::Tensor& weight, at::IntArrayRef layers,
                                   int64_t seed, double density, const std::string& pattern, int64_t nm_n, int64_t nm_m,
                                   const std::string& mode, std::optional<at::ScalarType> dtype) {
-  TiedMaskPlan plan = plan_tied_masks(weight, layers, seed, density, pattern, nm_n, nm_m, mode);
+  const TiedMaskPlan plan = plan_tied_masks(weight, layers, seed, density, pattern, nm_n, nm_m, mode);
   const at::ScalarType out_dtype = dtype.value_or(weight.scalar_type());
   TORCH_CHECK(at::isFloatingType(out_dtype), "dtype must be a floating-point dtype; got dtype=", out_dtype);
   const auto shape = stacked_shape(static_cast<int64_t>(layers.size()), weight.sizes());
@@ -65,24 +107,9 @@ at::Tensor tied_masked_weights_op(const TiedMaskKernels& kernels, const at::Tens
   // The views take the weight's layout: a channels_last weight (a model moved to channels_last) gets channels_last
   // views, which a channels_last convolution takes as they are instead of reordering the weight on every call.
   const bool channels_last = channels_last_only(weight);
-  at::Tensor out;
-  if (channels_last) {
-    out = at::empty_strided(shape, stacked_channels_last_strides(weight), options);
-  } else {
-    out = at::empty(shape, options);
-  }
-  if (weight.numel() == 0) return out;
-  // The weight is read in place when it is stored like the views (both channels_last), else row-major.
-  const at::Tensor weight_read = channels_last ? weight : weight.contiguous();
-  int64_t start = 0;
-  for (TiedMaskParams& chunk : plan.chunks) {
-    if (channels_last) {
-      set_channels_last(chunk, weight);
-      chunk.weight_stored_alike = true;
-    }
-    kernels.forward(chunk, plan.pattern, weight_read, out.narrow(0, start, chunk.num_layers));
-    start += chunk.num_layers;
-  }
+  const at::Tensor out = channels_last ? at::empty_strided(shape, stacked_channels_last_strides(weight), options)
+                                       : at::empty(shape, options);
+  write_masked_views(kernels, plan, weight, out, channels_last);
   return out;
 }
 
@@ -97,22 +124,8 @@ at::Tensor tied_masked_weights_backward_op(const TiedMaskKernels& kernels, const
   const auto expected = stacked_shape(static_cast<int64_t>(layers.size()), weight.sizes());
   TORCH_CHECK(grad.sizes() == at::IntArrayRef(expected), "grad must have shape [len(layers), *weight.shape] = ",
               at::IntArrayRef(expected), "; got grad.shape=", grad.sizes());
-  TiedMaskPlan plan = plan_tied_masks(weight, layers, seed, density, pattern, nm_n, nm_m, mode);
-  at::Tensor grad_weight = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
-  if (weight.numel() == 0) return grad_weight;
-  // The gradient of channels_last views (what unbind's backward stacks for a channels_last model) is read in place;
-  // any other layout is made row-major first.
-  const bool channels_last = !grad.is_contiguous() && weight.dim() == 4 &&
-                             grad.strides() == at::IntArrayRef(stacked_channels_last_strides(weight));
-  const at::Tensor grad_read = channels_last ? grad : grad.contiguous();
-  int64_t start = 0;
-  for (TiedMaskParams& chunk : plan.chunks) {
-    if (channels_last) set_channels_last(chunk, weight);
-    kernels.backward(chunk, plan.pattern, grad_read.narrow(0, start, chunk.num_layers), grad_weight,
-                     /*accumulate=*/start > 0);
-    start += chunk.num_layers;
-  }
-  return grad_weight;
+  const TiedMaskPlan plan = plan_tied_masks(weight, layers, seed, density, pattern, nm_n, nm_m, mode);
+  return sum_masked_gradients(kernels, plan, grad, weight, stacked_channels_last(grad, weight));
 }
 
 TORCH_LIBRARY_FRAGMENT(wtext, m) {
@@ -151,35 +164,24 @@ const TiedMaskKernels& tied_mask_kernels(c10::DeviceType device_type) {
   return *kernels;
 }
 
-at::Tensor masked_weight(const at::Tensor& weight, int64_t seed, int64_t layer, double density,
-                         const std::string& pattern, int64_t nm_n, int64_t nm_m, at::ScalarType dtype,
-                         at::MemoryFormat format) {
-  const int64_t layers[1] = {layer};
-  TiedMaskPlan plan = plan_tied_masks(weight, layers, seed, density, pattern, nm_n, nm_m, "multi");
-  at::Tensor out = at::empty(weight.sizes(), weight.options().dtype(dtype).memory_format(format));
-  if (out.numel() == 0) return out;
-  if (channels_last_only(out)) set_channels_last(plan.chunks[0], out);
-  const at::Tensor weight_read = weight_for_forward(plan.chunks[0], weight);
-  tied_mask_kernels(weight.device().type()).forward(plan.chunks[0], plan.pattern, weight_read, out);
+MaskedLayerWeight::MaskedLayerWeight(const at::Tensor& weight, int64_t seed, int64_t layer, double density,
+                                     const std::string& pattern, int64_t nm_n, int64_t nm_m)
+    : weight_(weight),
+      plan_(plan_tied_masks(weight, {layer}, seed, density, pattern, nm_n, nm_m, "multi")),
+      kernels_(&tied_mask_kernels(weight.device().type())) {}
+
+at::Tensor MaskedLayerWeight::masked(at::ScalarType dtype, at::MemoryFormat format) const {
+  at::Tensor out = at::empty(weight_.sizes(), weight_.options().dtype(dtype).memory_format(format));
+  write_masked_views(*kernels_, plan_, weight_, out, channels_last_only(out));
   return out;
 }
 
-at::Tensor mask_weight_gradient(const at::Tensor& grad_effective_weight, const at::Tensor& weight, int64_t seed,
-                                int64_t layer, double density, const std::string& pattern, int64_t nm_n,
-                                int64_t nm_m) {
-  TORCH_CHECK(grad_effective_weight.sizes() == weight.sizes() && grad_effective_weight.device() == weight.device(),
-              "the effective weight's gradient must match weight (shape ", weight.sizes(), ", device ", weight.device(),
-              "); got shape ", grad_effective_weight.sizes(), " on ", grad_effective_weight.device());
-  const int64_t layers[1] = {layer};
-  TiedMaskPlan plan = plan_tied_masks(weight, layers, seed, density, pattern, nm_n, nm_m, "multi");
-  at::Tensor grad_weight = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
-  if (weight.numel() == 0) return grad_weight;
-  const bool channels_last = channels_last_only(grad_effective_weight);
-  const at::Tensor grad = channels_last ? grad_effective_weight : grad_effective_weight.contiguous();
-  if (channels_last) set_channels_last(plan.chunks[0], grad);
-  tied_mask_kernels(weight.device().type())
-      .backward(plan.chunks[0], plan.pattern, grad, grad_weight, /*accumulate=*/false);
-  return grad_weight;
+at::Tensor MaskedLayerWeight::gradient(const at::Tensor& grad_effective_weight) const {
+  TORCH_CHECK(grad_effective_weight.sizes() == weight_.sizes() && grad_effective_weight.device() == weight_.device(),
+              "the effective weight's gradient must match weight (shape ", weight_.sizes(), ", device ",
+              weight_.device(), "); got shape ", grad_effective_weight.sizes(), " on ", grad_effective_weight.device());
+  return sum_masked_gradients(*kernels_, plan_, grad_effective_weight, weight_,
+                              channels_last_only(grad_effective_weight));
 }
 
 void check_layer_inputs(const char* op, const at::Tensor& x, const at::Tensor& weight,

@@ -68,18 +68,25 @@ void register_tied_mask_ops(torch::Library& m, c10::DeviceType device_type) {
 
 namespace wtext {
 
-// W ⊙ M_layer written by one kernel directly in `dtype` and `format` (Contiguous, or ChannelsLast for a 4-d
-// weight, so a channels_last convolution needs no weight reorder). Used by the masked conv/linear ops, which
-// regenerate it in backward instead of saving it.
-at::Tensor masked_weight(const at::Tensor& weight, int64_t seed, int64_t layer, double density,
-                         const std::string& pattern, int64_t nm_n, int64_t nm_m, at::ScalarType dtype,
-                         at::MemoryFormat format);
+// One layer's mask on one weight, planned once, as the masked conv/linear ops use it in forward and backward.
+class MaskedLayerWeight {
+ public:
+  MaskedLayerWeight(const at::Tensor& weight, int64_t seed, int64_t layer, double density, const std::string& pattern,
+                    int64_t nm_n, int64_t nm_m);
 
-// dW = grad_effective_weight ⊙ M_layer, in weight's dtype (the single-layer case of the fused reduction). A
-// channels_last gradient, as a channels_last convolution's backward gives, is read in place.
-at::Tensor mask_weight_gradient(const at::Tensor& grad_effective_weight, const at::Tensor& weight, int64_t seed,
-                                int64_t layer, double density, const std::string& pattern, int64_t nm_n,
-                                int64_t nm_m);
+  // W ⊙ M written by one kernel directly in `dtype` and `format` (Contiguous, or ChannelsLast for a 4-d weight, so
+  // a channels_last convolution needs no weight reorder). The ops regenerate it in backward instead of saving it.
+  at::Tensor masked(at::ScalarType dtype, at::MemoryFormat format) const;
+
+  // dW = grad_effective_weight ⊙ M, in weight's dtype (the single-layer case of the fused reduction). A
+  // channels_last gradient, as a channels_last convolution's backward gives, is read in place.
+  at::Tensor gradient(const at::Tensor& grad_effective_weight) const;
+
+ private:
+  at::Tensor weight_;
+  TiedMaskPlan plan_;
+  const TiedMaskKernels* kernels_;
+};
 
 // Checks shared by the masked layer ops: floating x, same device for x/weight/bias, bias of shape [out].
 void check_layer_inputs(const char* op, const at::Tensor& x, const at::Tensor& weight,

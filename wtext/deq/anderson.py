@@ -45,7 +45,8 @@ def anderson(f, z0: torch.Tensor, *, max_iter: int, tol: float, stop_mode: str =
         fz = f(z)
         if layout is None:
             layout = SampleFlattener(fz)  # iterates take the layout the cell produces
-            best = layout.flatten(z0).to(solve_dtype, copy=True)  # the op keeps the best iterate here, flattened
+            # The op keeps the best iterate here, flattened: the tracker's own copy of z0 where it can be viewed so.
+            best = layout.flatten(tracker.best).to(solve_dtype)
         tracker.record(step, z)
         z_next = torch.ops.wtext.anderson_tracked_step(
             layout.flatten(z).to(solve_dtype), layout.flatten(fz).to(solve_dtype), g_history, f_history, gram,

@@ -16,7 +16,8 @@ class TiedMaskedWeight(nn.Module):
 
     forward(dtype=None) returns the masked views stacked [views, *shape] with one wtext op call per forward (views is
     L for "multi", 1 for "same", 1 for "dense" where the weight itself is the view); split(dtype) returns them as a
-    tuple, and `view(views, l)` picks the weight for application l. The state_dict holds the weight only: masks are regenerated from the spec and seed.
+    tuple, and `view(views, l)` picks the weight for application l. The state_dict holds the weight only: masks are
+    regenerated from the spec and seed.
     With `use_reference = True` the masks come from the plain-PyTorch mask function instead of the op (same math).
     """
 

@@ -20,7 +20,8 @@ def _tied_backward(ctx, grad):
 
 
 # masked_conv2d and masked_linear have their autograd in C++ (csrc/layer_autograd): they run once per tied
-# application, and a Python autograd wrapper tripled their host time.
+# application, and with a Python autograd wrapper a small conv's fwd+bwd cost 178 us of host time, against 97 us
+# in C++ (dev CPU).
 
 
 torch.library.register_autograd(

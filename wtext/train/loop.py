@@ -68,6 +68,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def device_scalar(value: float, device: torch.device) -> torch.Tensor:
+    """A float32 scalar made on the device by a fill kernel (torch.tensor would copy a host value, which can
+    synchronize)."""
+    return torch.full((), float(value), device=device)
+
+
 class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = config
@@ -202,16 +208,12 @@ class Trainer:
         self.scheduler.step()
         # Accumulated on the device and read back only every few steps (flush_totals): a per-step .item() would
         # stall the GPU pipeline once per step.
-        # torch.full, not torch.tensor: a fill kernel, where copying a host scalar would synchronize.
-        def constant(value: float) -> torch.Tensor:
-            return torch.full((), value, device=self.device)
-
         values = [loss.detach().float() * labels.numel(), (logits.argmax(1) == labels).sum().float(),
-                  constant(float(labels.numel()))]
+                  device_scalar(labels.numel(), self.device)]
         deq_outputs = getattr(self.core, "deq_outputs", [])
-        values += [sum((out.stats.steps.float().mean() for out in deq_outputs), constant(0.0)),
-                   sum((out.stats.lowest.float().mean() for out in deq_outputs), constant(0.0)),
-                   constant(float(len(deq_outputs)))]
+        values += [sum((out.stats.steps.float().mean() for out in deq_outputs), device_scalar(0, self.device)),
+                   sum((out.stats.lowest.float().mean() for out in deq_outputs), device_scalar(0, self.device)),
+                   device_scalar(len(deq_outputs), self.device)]
         step_values = torch.stack([v.to(self.device) for v in values])
         self.pending = step_values if self.pending is None else self.pending + step_values
 
