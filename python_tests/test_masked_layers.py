@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import wtext.ops as ops
 
@@ -136,14 +137,78 @@ def test_opcheck_conv_and_linear(device):
         torch.library.opcheck(torch.ops.wtext.masked_conv2d.default,
                               (x, weight, None, 1, 3, 0.5, "nm", 2, 4, [2, 2], [0, 0], [1, 1]))
         grad_out = torch.randn(2, 6, 7, 7, device=device)
-        torch.library.opcheck(torch.ops.wtext.masked_conv2d_backward.default,
-                              (grad_out, x.detach(), weight.detach(), 1, 0, 0.5, "exact", 2, 4, [1, 1], [1, 1], [1, 1]))
+        for output_mask in OUTPUT_MASKS:
+            torch.library.opcheck(torch.ops.wtext.masked_conv2d_backward.default,
+                                  (grad_out, x.detach(), weight.detach(), 1, 0, 0.5, "exact", 2, 4, [1, 1], [1, 1],
+                                   [1, 1], output_mask))
     x = torch.randn(2, 3, 8, device=device, requires_grad=True)
     w = torch.randn(4, 8, device=device, requires_grad=True)
     b = torch.randn(4, device=device, requires_grad=True)
     torch.library.opcheck(torch.ops.wtext.masked_linear.default, (x, w, b, 5, 1, 0.9, "bernoulli", 2, 4))
-    torch.library.opcheck(torch.ops.wtext.masked_linear_backward.default,
-                          (torch.randn(2, 3, 4, device=device), x.detach(), w.detach(), 5, 1, 0.9, "exact", 2, 4))
+    for output_mask in OUTPUT_MASKS:
+        torch.library.opcheck(torch.ops.wtext.masked_linear_backward.default,
+                              (torch.randn(2, 3, 4, device=device), x.detach(), w.detach(), 5, 1, 0.9, "exact", 2, 4,
+                               output_mask))
+
+
+OUTPUT_MASKS = ([True, True], [True, False], [False, True])
+
+
+class BackwardMasks(TorchDispatchMode):
+    """Records the output_mask of every masked layer backward op call."""
+
+    def __init__(self):
+        super().__init__()
+        self.masks = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.wtext.masked_conv2d_backward.default, torch.ops.wtext.masked_linear_backward.default):
+            self.masks.append(list(args[-1]))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("wanted", ["x", "weight", "both"])
+def test_backward_computes_only_the_requested_gradients(device, wanted):
+    # A DEQ's adjoint solve differentiates the cell w.r.t. its state only; a frozen weight needs no gradient. The
+    # autograd asks the backward op for exactly those, and the op returns None for the others (its GEMM never runs).
+    x, weight, _ = conv_case(device, 3, 4, 3, 6)
+    x_lin = torch.randn(5, 8, device=device, dtype=torch.float64, requires_grad=True)
+    w_lin = torch.randn(3, 8, device=device, dtype=torch.float64, requires_grad=True)
+    layers = [(lambda x, w: ops.masked_conv2d(x, w, None, 3, 1, 0.5, padding=1),
+               lambda x, w: F.conv2d(x, effective(w, 3, 1, 0.5, "bernoulli", (2, 4)), padding=1), x, weight),
+              (lambda x, w: ops.masked_linear(x, w, None, 3, 1, 0.5),
+               lambda x, w: F.linear(x, effective(w, 3, 1, 0.5, "bernoulli", (2, 4))), x_lin, w_lin)]
+    expected_mask = {"x": [True, False], "weight": [False, True], "both": [True, True]}[wanted]
+    for ours, reference, x, weight in layers:
+        inputs = {"x": (x,), "weight": (weight,), "both": (x, weight)}[wanted]
+        out = ours(x, weight)
+        probe = torch.randn_like(out)
+        with BackwardMasks() as recorded:
+            got = torch.autograd.grad(out, inputs, probe)
+        assert recorded.masks == [expected_mask]
+        for g, e in zip(got, torch.autograd.grad(reference(x, weight), inputs, probe)):
+            torch.testing.assert_close(g, e)
+
+
+def test_backward_op_returns_none_for_gradients_not_asked_for(device):
+    x, weight, _ = conv_case(device, 3, 4, 3, 6)
+    grad_out = torch.randn(2, 4, 6, 6, device=device, dtype=torch.float64)
+    args = (grad_out, x.detach(), weight.detach(), 3, 1, 0.5, "exact", 2, 4, [1, 1], [1, 1], [1, 1])
+    both = torch.ops.wtext.masked_conv2d_backward(*args, [True, True])
+    only_x = torch.ops.wtext.masked_conv2d_backward(*args, [True, False])
+    only_weight = torch.ops.wtext.masked_conv2d_backward(*args, [False, True])
+    assert only_x[1] is None and only_weight[0] is None
+    assert torch.ops.wtext.masked_conv2d_backward(*args, [False, False]) == (None, None)
+    torch.testing.assert_close(only_x[0], both[0])
+    torch.testing.assert_close(only_weight[1], both[1])
+    x_lin, w_lin = torch.randn(5, 8, device=device), torch.randn(3, 8, device=device)
+    args = (torch.randn(5, 3, device=device), x_lin, w_lin, 3, 1, 0.5, "nm", 2, 4)
+    both = torch.ops.wtext.masked_linear_backward(*args, [True, True])
+    only_x = torch.ops.wtext.masked_linear_backward(*args, [True, False])
+    only_weight = torch.ops.wtext.masked_linear_backward(*args, [False, True])
+    assert only_x[1] is None and only_weight[0] is None
+    torch.testing.assert_close(only_x[0], both[0])
+    torch.testing.assert_close(only_weight[1], both[1])
 
 
 def test_conv_and_linear_under_torch_compile(device):

@@ -9,9 +9,12 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <array>
 #include <string>
 #include <tuple>
 #include <vector>
+
+#include "tied_masked_weights/tied_masked_weights.h"
 
 namespace wtext {
 
@@ -40,6 +43,18 @@ auto call_backward_op(const Call& call) {
   if (at::GradMode::is_enabled()) return call();
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   return call();
+}
+
+// Which of (x, weight) this backward pass needs a gradient for: in a DEQ's adjoint solve only x, for a frozen weight
+// or a network's input layer only one. The backward op then skips the other GEMM (one of the three GEMM-sized passes of a
+// conv's fwd+bwd).
+std::array<bool, 2> requested_gradients(AutogradContext* ctx) {
+  return {ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
+}
+
+// The backward op's optional outputs as the (possibly undefined) tensors autograd expects.
+std::tuple<at::Tensor, at::Tensor> unpack(const LayerGradients& gradients) {
+  return {std::get<0>(gradients).value_or(at::Tensor()), std::get<1>(gradients).value_or(at::Tensor())};
 }
 
 // dL/dbias = grad_out summed over every dimension but the channel one, in the bias's dtype.
@@ -76,9 +91,9 @@ class MaskedConv2dFunction : public torch::autograd::Function<MaskedConv2dFuncti
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("wtext::masked_conv2d_backward", "")
-                         .typed<std::tuple<at::Tensor, at::Tensor>(
-                             const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, double,
-                             c10::string_view, int64_t, int64_t, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef)>();
+                         .typed<LayerGradients(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                                               int64_t, double, c10::string_view, int64_t, int64_t, at::IntArrayRef,
+                                               at::IntArrayRef, at::IntArrayRef, std::array<bool, 2>)>();
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& grad_out = grad_outputs[0];
     auto& data = ctx->saved_data;
@@ -86,13 +101,14 @@ class MaskedConv2dFunction : public torch::autograd::Function<MaskedConv2dFuncti
     const std::vector<int64_t> stride = data["stride"].toIntVector();
     const std::vector<int64_t> padding = data["padding"].toIntVector();
     const std::vector<int64_t> dilation = data["dilation"].toIntVector();
+    const std::array<bool, 2> output_mask = requested_gradients(ctx);
     at::Tensor grad_x, grad_weight;
-    if (ctx->needs_input_grad(0) || ctx->needs_input_grad(1)) {
-      std::tie(grad_x, grad_weight) = call_backward_op([&] {
+    if (output_mask[0] || output_mask[1]) {
+      std::tie(grad_x, grad_weight) = unpack(call_backward_op([&] {
         return op.call(grad_out, saved[0], saved[1], data["seed"].toInt(), data["layer"].toInt(),
                        data["density"].toDouble(), pattern, data["nm_n"].toInt(), data["nm_m"].toInt(), stride,
-                       padding, dilation);
-      });
+                       padding, dilation, output_mask);
+      }));
     }
     const std::array<int64_t, 3> reduce_dims{0, 2, 3};
     return {grad_x, grad_weight, bias_gradient(ctx, grad_out, reduce_dims), at::Tensor(), at::Tensor(), at::Tensor(),
@@ -122,19 +138,20 @@ class MaskedLinearFunction : public torch::autograd::Function<MaskedLinearFuncti
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("wtext::masked_linear_backward", "")
-                         .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                   const at::Tensor&, int64_t, int64_t, double,
-                                                                   c10::string_view, int64_t, int64_t)>();
+                         .typed<LayerGradients(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                                               int64_t, double, c10::string_view, int64_t, int64_t,
+                                               std::array<bool, 2>)>();
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& grad_out = grad_outputs[0];
     auto& data = ctx->saved_data;
     const std::string pattern = data["pattern"].toStringRef();
+    const std::array<bool, 2> output_mask = requested_gradients(ctx);
     at::Tensor grad_x, grad_weight;
-    if (ctx->needs_input_grad(0) || ctx->needs_input_grad(1)) {
-      std::tie(grad_x, grad_weight) = call_backward_op([&] {
+    if (output_mask[0] || output_mask[1]) {
+      std::tie(grad_x, grad_weight) = unpack(call_backward_op([&] {
         return op.call(grad_out, saved[0], saved[1], data["seed"].toInt(), data["layer"].toInt(),
-                       data["density"].toDouble(), pattern, data["nm_n"].toInt(), data["nm_m"].toInt());
-      });
+                       data["density"].toDouble(), pattern, data["nm_n"].toInt(), data["nm_m"].toInt(), output_mask);
+      }));
     }
     std::vector<int64_t> reduce_dims(static_cast<size_t>(std::max<int64_t>(grad_out.dim() - 1, 0)));
     for (size_t d = 0; d < reduce_dims.size(); ++d) reduce_dims[d] = static_cast<int64_t>(d);

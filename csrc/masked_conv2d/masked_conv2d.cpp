@@ -54,20 +54,25 @@ at::Tensor masked_conv2d(const at::Tensor& x, const at::Tensor& weight, const st
   return at::conv2d(x, w, b, stride, padding, dilation, 1).contiguous(layer_memory_format(x));
 }
 
-std::tuple<at::Tensor, at::Tensor> masked_conv2d_backward(const at::Tensor& grad_out, const at::Tensor& x,
-                                                          const at::Tensor& weight, int64_t seed, int64_t layer,
-                                                          double density, c10::string_view pattern, int64_t nm_n,
-                                                          int64_t nm_m, at::IntArrayRef stride, at::IntArrayRef padding,
-                                                          at::IntArrayRef dilation) {
+LayerGradients masked_conv2d_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                                      int64_t seed, int64_t layer, double density, c10::string_view pattern,
+                                      int64_t nm_n, int64_t nm_m, at::IntArrayRef stride, at::IntArrayRef padding,
+                                      at::IntArrayRef dilation, std::array<bool, 2> output_mask) {
   check_conv_arguments(x, weight, std::nullopt, stride, padding, dilation);
+  LayerGradients gradients;
+  if (!output_mask[0] && !output_mask[1]) return gradients;
   const at::MemoryFormat format = layer_memory_format(x);
   const MaskedLayerWeight mask(weight, seed, layer, density, std::string(pattern), nm_n, nm_m);
   const at::Tensor w = mask.masked(x.scalar_type(), format);
   const std::array<int64_t, 2> no_output_padding{0, 0};
+  // Only the requested GEMMs run: a DEQ's adjoint solve asks for grad_x alone in every iteration, a frozen weight
+  // or a network's first layer for one of the two.
   auto [grad_x, grad_w, unused_grad_bias] = at::convolution_backward(
       grad_out.to(x.scalar_type()).contiguous(format), x, w, std::nullopt, stride, padding, dilation,
-      /*transposed=*/false, no_output_padding, /*groups=*/1, {true, true, false});
-  return {grad_x.contiguous(format), mask.gradient(grad_w)};
+      /*transposed=*/false, no_output_padding, /*groups=*/1, {output_mask[0], output_mask[1], false});
+  if (output_mask[0]) std::get<0>(gradients) = grad_x.contiguous(format);
+  if (output_mask[1]) std::get<1>(gradients) = mask.gradient(grad_w);
+  return gradients;
 }
 
 }  // namespace
@@ -78,7 +83,8 @@ TORCH_LIBRARY_FRAGMENT(wtext, m) {
       "int nm_n, int nm_m, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
   m.def(
       "masked_conv2d_backward(Tensor grad_out, Tensor x, Tensor weight, int seed, int layer, float density, "
-      "str pattern, int nm_n, int nm_m, int[2] stride, int[2] padding, int[2] dilation) -> (Tensor, Tensor)");
+      "str pattern, int nm_n, int nm_m, int[2] stride, int[2] padding, int[2] dilation, bool[2] output_mask) "
+      "-> (Tensor?, Tensor?)");
 }
 
 // The body only calls other ops, so one implementation serves every backend; a CUDA-specific fused kernel would

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <array>
 #include <tuple>
 
 #include "tied_masked_weights/tied_masked_weights.h"
@@ -30,18 +31,19 @@ at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const st
   return at::linear(x, w, b).contiguous();
 }
 
-std::tuple<at::Tensor, at::Tensor> masked_linear_backward(const at::Tensor& grad_out, const at::Tensor& x,
-                                                          const at::Tensor& weight, int64_t seed, int64_t layer,
-                                                          double density, c10::string_view pattern, int64_t nm_n,
-                                                          int64_t nm_m) {
+LayerGradients masked_linear_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                                      int64_t seed, int64_t layer, double density, c10::string_view pattern,
+                                      int64_t nm_n, int64_t nm_m, std::array<bool, 2> output_mask) {
   check_linear_arguments(x, weight, std::nullopt);
-  const MaskedLayerWeight mask(weight, seed, layer, density, std::string(pattern), nm_n, nm_m);
-  const at::Tensor w = mask.masked(x.scalar_type(), at::MemoryFormat::Contiguous);
+  LayerGradients gradients;
   const at::Tensor grad_rows = grad_out.to(x.scalar_type()).reshape({-1, weight.size(0)});
-  const at::Tensor x_rows = x.reshape({-1, weight.size(1)});
-  const at::Tensor grad_x = at::mm(grad_rows, w).reshape(x.sizes());
-  const at::Tensor grad_w = at::mm(grad_rows.t(), x_rows);
-  return {grad_x.contiguous(), mask.gradient(grad_w)};
+  const MaskedLayerWeight mask(weight, seed, layer, density, std::string(pattern), nm_n, nm_m);
+  if (output_mask[0]) {
+    const at::Tensor w = mask.masked(x.scalar_type(), at::MemoryFormat::Contiguous);
+    std::get<0>(gradients) = at::mm(grad_rows, w).reshape(x.sizes()).contiguous();
+  }
+  if (output_mask[1]) std::get<1>(gradients) = mask.gradient(at::mm(grad_rows.t(), x.reshape({-1, weight.size(1)})));
+  return gradients;
 }
 
 }  // namespace
@@ -52,7 +54,7 @@ TORCH_LIBRARY_FRAGMENT(wtext, m) {
       "int nm_n, int nm_m) -> Tensor");
   m.def(
       "masked_linear_backward(Tensor grad_out, Tensor x, Tensor weight, int seed, int layer, float density, "
-      "str pattern, int nm_n, int nm_m) -> (Tensor, Tensor)");
+      "str pattern, int nm_n, int nm_m, bool[2] output_mask) -> (Tensor?, Tensor?)");
 }
 
 TORCH_LIBRARY_IMPL(wtext, CPU, m) {

@@ -7,6 +7,7 @@
 
 #include <optional>
 #include <string>
+#include <tuple>
 
 #include "mask/mask_plan.h"
 
@@ -91,5 +92,9 @@ class MaskedLayerWeight {
 // Checks shared by the masked layer ops: floating x, same device for x/weight/bias, bias of shape [out].
 void check_layer_inputs(const char* op, const at::Tensor& x, const at::Tensor& weight,
                         const std::optional<at::Tensor>& bias);
+
+// (grad_x, grad_weight) of a masked layer's backward op; an entry its output_mask did not ask for is left empty
+// (None in Python), so its GEMM never runs.
+using LayerGradients = std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>>;
 
 }  // namespace wtext

@@ -34,16 +34,19 @@ torch.library.register_autograd(
 #   grad_x = conv_T(g, M⊙W), grad_W = M ⊙ corr(x, g)   (linear: g @ (M⊙W) and M ⊙ g^T x)
 # so, for incoming gradients gg_x and gg_W,
 #   d/dg = layer(gg_x, W) + layer(x, gg_W),  d/dx = backward(g, x, gg_W).grad_x,  d/dW = backward(g, gg_x, W).grad_W
+# where each backward call asks (output_mask) for the one gradient it uses.
 def _layer_backward_setup_context(ctx, inputs, output):
-    grad_out, x, weight, *ctx.layer_args = inputs
+    grad_out, x, weight, *layer_args, ctx.output_mask = inputs
+    ctx.layer_args = layer_args
     ctx.save_for_backward(grad_out, x, weight)
 
 
 def _double_backward(ctx, grad_grad_x, grad_grad_weight, forward_op, backward_op):
     grad_out, x, weight = ctx.saved_tensors
     args = ctx.layer_args
-    # forward ops take (x, weight, bias, *mask_args, *geometry); backward ops take (g, x, weight, *args).
+    # forward ops take (x, weight, bias, *mask_args, *geometry); backward ops take (g, x, weight, *args, output_mask).
     mask_args, geometry = args[:6], args[6:]
+    # gradients the forward did not return (output_mask) arrive as None, like unused ones
     d_grad_out = d_x = d_weight = None
     if ctx.needs_input_grad[0]:
         terms = []
@@ -53,10 +56,10 @@ def _double_backward(ctx, grad_grad_x, grad_grad_weight, forward_op, backward_op
             terms.append(forward_op(x, grad_grad_weight, None, *mask_args, *geometry))
         d_grad_out = sum(terms) if terms else None
     if ctx.needs_input_grad[1] and grad_grad_weight is not None:
-        d_x = backward_op(grad_out, x, grad_grad_weight, *args)[0]
+        d_x = backward_op(grad_out, x, grad_grad_weight, *args, [True, False])[0]
     if ctx.needs_input_grad[2] and grad_grad_x is not None:
-        d_weight = backward_op(grad_out, grad_grad_x, weight, *args)[1]
-    return (d_grad_out, d_x, d_weight) + (None,) * len(args)
+        d_weight = backward_op(grad_out, grad_grad_x, weight, *args, [False, True])[1]
+    return (d_grad_out, d_x, d_weight) + (None,) * (len(args) + 1)
 
 
 def _conv_double_backward(ctx, grad_grad_x, grad_grad_weight):

@@ -52,9 +52,9 @@ def _masked_conv2d_fake(x, weight, bias, seed, layer, density, pattern, nm_n, nm
 
 @torch.library.register_fake("wtext::masked_conv2d_backward")
 def _masked_conv2d_backward_fake(grad_out, x, weight, seed, layer, density, pattern, nm_n, nm_m, stride, padding,
-                                 dilation):
+                                 dilation, output_mask):
     grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=layer_memory_format(x))
-    return grad_x, weight.new_empty(weight.shape)
+    return grad_x if output_mask[0] else None, weight.new_empty(weight.shape) if output_mask[1] else None
 
 
 @torch.library.register_fake("wtext::masked_linear")
@@ -63,8 +63,8 @@ def _masked_linear_fake(x, weight, bias, seed, layer, density, pattern, nm_n, nm
 
 
 @torch.library.register_fake("wtext::masked_linear_backward")
-def _masked_linear_backward_fake(grad_out, x, weight, seed, layer, density, pattern, nm_n, nm_m):
-    return x.new_empty(x.shape), weight.new_empty(weight.shape)
+def _masked_linear_backward_fake(grad_out, x, weight, seed, layer, density, pattern, nm_n, nm_m, output_mask):
+    return x.new_empty(x.shape) if output_mask[0] else None, weight.new_empty(weight.shape) if output_mask[1] else None
 
 
 @torch.library.register_fake("wtext::anderson_step")
