@@ -67,6 +67,20 @@ def test_fused_tracking_matches_the_python_tracker(device, dtype, stop_mode, bet
     assert torch.equal(z[0], torch.zeros_like(z[0]))  # the sample that stopped at once kept its iterate
 
 
+@pytest.mark.parametrize("max_iter", [1, 2, 5])
+def test_a_budget_that_ends_while_improving_returns_the_last_iterate(device, max_iter):
+    # Every sample still improves at the last step, so its best iterate is the last one, which the op only marked:
+    # the solver must resolve that after the loop.
+    f, z0 = mixed_batch_problem(device, torch.float64)
+    options = dict(max_iter=max_iter, tol=1e-12, stop_mode="abs", m=3, lam=1e-4, beta=1.0)
+    z, stats = deq.get_solver("anderson")(f, z0, **options)
+    z_ref, ref = python_tracked_anderson(f, z0, **options)
+    assert torch.equal(stats.steps, ref.steps)
+    torch.testing.assert_close(z, z_ref, equal_nan=True, rtol=1e-12, atol=0)
+    improving = stats.trace[:, -1] == stats.lowest  # improved at the last step
+    assert improving[[1, 4, 5]].all()
+
+
 def test_channels_last_states_keep_their_layout_and_results(device):
     conv = torch.nn.Conv2d(4, 4, 3, padding=1).to(device)
     with torch.no_grad():
@@ -90,8 +104,9 @@ def tracked_args(device, batch=2, dim=7, m=3, max_iter=5):
     x, fx = torch.randn(batch, dim, device=device), torch.randn(batch, dim, device=device)
     history = torch.zeros(batch, m, dim, device=device)
     tracker = ConvergenceTracker(x, max_iter, 1e-6, "rel")
-    return [x, fx, history, history.clone(), torch.zeros(batch, m, m, device=device), x.clone(),
-            *tracker.fused_state()]
+    best_pending = torch.zeros(batch, dtype=torch.bool, device=device)
+    return [x, fx, history, history.clone(), torch.zeros(batch, m, m, device=device), x.clone(), x.clone(),
+            best_pending, *tracker.fused_state()]
 
 
 def test_opcheck(device):
@@ -100,11 +115,13 @@ def test_opcheck(device):
 
 
 @pytest.mark.parametrize("index,bad,message", [
-    (5, lambda t: t[:, :3].contiguous(), r"best must have shape \[2, 7\]; got best.shape=\[2, 3\]"),
-    (6, lambda t: t.double(), r"lowest must have dtype Float; got lowest.dtype=Double"),
-    (8, lambda t: t.int(), r"steps must have dtype Long; got steps.dtype=Int"),
-    (9, lambda t: t.float(), r"active must have dtype Bool; got active.dtype=Float"),
-    (12, lambda t: t[:, :1].contiguous(), r"trace must have shape \[B, max_iter\] with max_iter > step=3"),
+    (5, lambda t: t[:1], r"previous_x must be like x \(shape \[2, 7\], Float, on cpu\); got previous_x.shape=\[1, 7\]"),
+    (6, lambda t: t[:, :3].contiguous(), r"best must have shape \[2, 7\]; got best.shape=\[2, 3\]"),
+    (7, lambda t: t.int(), r"best_pending must have dtype Bool; got best_pending.dtype=Int"),
+    (8, lambda t: t.double(), r"lowest must have dtype Float; got lowest.dtype=Double"),
+    (10, lambda t: t.int(), r"steps must have dtype Long; got steps.dtype=Int"),
+    (11, lambda t: t.float(), r"active must have dtype Bool; got active.dtype=Float"),
+    (14, lambda t: t[:, :1].contiguous(), r"trace must have shape \[B, max_iter\] with max_iter > step=3"),
 ])
 def test_bad_tracker_tensors_are_named(index, bad, message):
     args = tracked_args("cpu")
@@ -125,7 +142,30 @@ def test_empty_states_converge_at_once_on_every_device(device):
     # Residual 0: every sample stops at step 0 with its (empty) iterate, on CPU and CUDA alike.
     args = tracked_args(device, batch=3, dim=0)
     x_next = torch.ops.wtext.anderson_tracked_step(*args, 0, 1e-4, 1.0, 1e-6, False, 1e3)
-    lowest, first, steps, active, diverged, nonfinite, trace = args[6:]
+    lowest, first, steps, active, diverged, nonfinite, trace = args[8:]
     assert x_next.shape == (3, 0)
     assert steps.tolist() == [1, 1, 1] and not active.any() and not diverged.any() and not nonfinite.any()
     assert lowest.tolist() == [0.0, 0.0, 0.0] and trace[:, 0].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_the_best_iterate_is_copied_only_when_a_step_fails_to_improve(device):
+    # Residuals 1, 0.5, 2 (abs): steps 0 and 1 improve and only mark their iterate (best_pending); step 2 does not,
+    # so the op copies the previous iterate (step 1's) into best.
+    batch, dim, m = 1, 4, 3
+    iterates = [torch.full((batch, dim), value, device=device) for value in (1.0, 2.0, 3.0)]
+    residuals = [1.0, 0.5, 2.0]
+    images = [x + residual / dim ** 0.5 for x, residual in zip(iterates, residuals)]
+    history = torch.zeros(batch, m, dim, device=device)
+    f_history, gram = history.clone(), torch.zeros(batch, m, m, device=device)
+    tracker = ConvergenceTracker(iterates[0], 3, 1e-9, "abs")
+    best = torch.zeros(batch, dim, device=device)
+    best_pending = torch.zeros(batch, dtype=torch.bool, device=device)
+    for step in range(3):
+        previous = iterates[step - 1] if step else iterates[0]
+        torch.ops.wtext.anderson_tracked_step(iterates[step], images[step], history, f_history, gram, previous, best,
+                                              best_pending, *tracker.fused_state(), step, 1e-4, 1.0, 1e-9, False, 1e3)
+        if step < 2:
+            assert best_pending.tolist() == [True] and not best.any()  # marked, not copied
+    assert best_pending.tolist() == [False]
+    torch.testing.assert_close(best, iterates[1])
+    torch.testing.assert_close(tracker.lowest, torch.tensor([0.5], device=device))

@@ -14,12 +14,13 @@
 // The residual norm of the newest iterate is sqrt(gram[:, step % m, step % m]) afterwards, so callers can track
 // convergence on the device without another reduction.
 //
-// anderson_tracked_step(x, fx, g_history, f_history, gram, best, lowest, first, steps, active, diverged, nonfinite,
-//                       trace, step, lam, beta, tol, relative, divergence_ratio) -> x_next
+// anderson_tracked_step(x, fx, g_history, f_history, gram, previous_x, best, best_pending, lowest, first, steps,
+//                       active, diverged, nonfinite, trace, step, lam, beta, tol, relative, divergence_ratio) -> x_next
 //   The same step with the solver's convergence tracking fused in (anderson_track.h; the semantics of
 //   ConvergenceTracker.update + keep_finished in wtext/deq/tracking.py): the tracker tensors are updated in place
-//   from this iterate's residual, an improved sample's x is copied into best, and a sample that stopped (now or
-//   before) gets x_next = x.
+//   from this iterate's residual and a sample that stopped (now or before) gets x_next = x. The best iterate is
+//   kept lazily (anderson_track.h): previous_x is the previous step's x (x itself at step 0), and after the last
+//   step the best iterate is x where best_pending is set, `best` elsewhere.
 #include "anderson/anderson.h"
 
 #include <torch/library.h>
@@ -87,7 +88,13 @@ TrackerOptions check_anderson_tracker(const at::Tensor& x, const AndersonTracker
                 " must be contiguous (it is updated in place)");
   };
   const at::ScalarType real = x.scalar_type();
+  TORCH_CHECK(tracker.previous.sizes() == x.sizes() && tracker.previous.scalar_type() == real &&
+                  tracker.previous.device() == x.device(),
+              "anderson_tracked_step: previous_x must be like x (shape ", x.sizes(), ", ", real, ", on ", x.device(),
+              "); got previous_x.shape=", tracker.previous.sizes(), ", ", tracker.previous.scalar_type(), ", on ",
+              tracker.previous.device());
   check(tracker.best, "best", real, {batch, x.size(1)});
+  check(tracker.best_pending, "best_pending", at::kBool, {batch});
   check(tracker.lowest, "lowest", real, {batch});
   check(tracker.first, "first", real, {batch});
   check(tracker.steps, "steps", at::kLong, {batch});
@@ -116,9 +123,9 @@ TORCH_LIBRARY_FRAGMENT(wtext, m) {
       "float lam, float beta) -> Tensor");
   m.def(
       "anderson_tracked_step(Tensor x, Tensor fx, Tensor(a!) g_history, Tensor(b!) f_history, Tensor(c!) gram, "
-      "Tensor(d!) best, Tensor(e!) lowest, Tensor(f!) first, Tensor(g!) steps, Tensor(h!) active, "
-      "Tensor(i!) diverged, Tensor(j!) nonfinite, Tensor(k!) trace, int step, float lam, float beta, float tol, "
-      "bool relative, float divergence_ratio) -> Tensor");
+      "Tensor previous_x, Tensor(d!) best, Tensor(e!) best_pending, Tensor(f!) lowest, Tensor(g!) first, "
+      "Tensor(h!) steps, Tensor(i!) active, Tensor(j!) diverged, Tensor(k!) nonfinite, Tensor(l!) trace, int step, "
+      "float lam, float beta, float tol, bool relative, float divergence_ratio) -> Tensor");
 }
 
 }  // namespace wtext

@@ -26,14 +26,15 @@ AndersonStepParams check_anderson_step(const at::Tensor& x, const at::Tensor& fx
 
 // The tracker tensors of anderson_tracked_step (see anderson_track.h), in the order of the schema.
 struct AndersonTrackerTensors {
-  at::Tensor best, lowest, first, steps, active, diverged, nonfinite, trace;
+  at::Tensor previous, best, best_pending, lowest, first, steps, active, diverged, nonfinite, trace;
 };
 
 // Raw pointers to the tracker tensors for the kernels (all null for anderson_step, tracker == nullptr).
 template <typename real_t>
 TrackerState<real_t> tracker_state(const AndersonTrackerTensors* tracker) {
   if (tracker == nullptr) return TrackerState<real_t>{};
-  return {tracker->best.mutable_data_ptr<real_t>(),    tracker->lowest.mutable_data_ptr<real_t>(),
+  return {tracker->previous.const_data_ptr<real_t>(),  tracker->best.mutable_data_ptr<real_t>(),
+          tracker->best_pending.mutable_data_ptr<bool>(), tracker->lowest.mutable_data_ptr<real_t>(),
           tracker->first.mutable_data_ptr<real_t>(),   tracker->steps.mutable_data_ptr<int64_t>(),
           tracker->active.mutable_data_ptr<bool>(),    tracker->diverged.mutable_data_ptr<bool>(),
           tracker->nonfinite.mutable_data_ptr<bool>(), tracker->trace.mutable_data_ptr<real_t>()};
@@ -58,11 +59,13 @@ void register_anderson_ops(torch::Library& m) {
   });
   m.impl("anderson_tracked_step",
          [](const at::Tensor& x, const at::Tensor& fx, at::Tensor& g_history, at::Tensor& f_history, at::Tensor& gram,
-            at::Tensor& best, at::Tensor& lowest, at::Tensor& first, at::Tensor& steps, at::Tensor& active,
-            at::Tensor& diverged, at::Tensor& nonfinite, at::Tensor& trace, int64_t step, double lam, double beta,
-            double tol, bool relative, double divergence_ratio) {
+            const at::Tensor& previous_x, at::Tensor& best, at::Tensor& best_pending, at::Tensor& lowest,
+            at::Tensor& first, at::Tensor& steps, at::Tensor& active, at::Tensor& diverged, at::Tensor& nonfinite,
+            at::Tensor& trace, int64_t step, double lam, double beta, double tol, bool relative,
+            double divergence_ratio) {
            const AndersonStepParams params = check_anderson_step(x, fx, g_history, f_history, gram, step, lam, beta);
-           const AndersonTrackerTensors tracker{best, lowest, first, steps, active, diverged, nonfinite, trace};
+           const AndersonTrackerTensors tracker{previous_x.contiguous(), best, best_pending, lowest, first, steps,
+                                                active, diverged, nonfinite, trace};
            const TrackerOptions options = check_anderson_tracker(x, tracker, step, tol, relative, divergence_ratio);
            return run(params, x, fx, g_history, f_history, gram, &tracker, options);
          });

@@ -47,7 +47,8 @@ void anderson_step_loop(const AndersonStepParams& p, const scalar_t* x, const sc
       scalar_t* out = x_next + b * p.dim;
       if constexpr (kTracked) {
         if (track_sample(options, tracker, b, residual_sq, image_sq)) {
-          std::copy(xb, xb + p.dim, tracker.best + b * p.dim);
+          const scalar_t* previous = tracker.previous + b * p.dim;
+          std::copy(previous, previous + p.dim, tracker.best + b * p.dim);
         }
         if (!tracker.active[b]) {  // stopped: keeps its iterate
           std::copy(xb, xb + p.dim, out);

@@ -6,7 +6,8 @@
 //   2. solve:        one thread per sample: (tracked) the convergence bookkeeping of anderson_track.h, then the
 //                    regularized (m x m) solve of anderson_solve.h, in double.
 //   3. mix:          one thread per element: x_next = sum_i alpha_i f_i - (1 - beta) sum_i alpha_i g_i; tracked, a
-//                    stopped sample copies x instead and an improved one copies x into best.
+//                    stopped sample copies x instead, and a sample whose previous iterate stays its best (it did
+//                    not improve on it) copies that iterate into best (the lazy copy of anderson_track.h).
 // This block layout is the one measured on an H100 (workload B, d = 131072, m = 5: gram 370 us, mix 256 us per
 // step with histories of iterates). A variant with blocks over (chunk of d, sample) and all m dot products per
 // block ran 1.7x (gram) and 2.2x (mix) slower there despite reading fewer bytes, so it was dropped. Keeping
@@ -30,11 +31,11 @@ constexpr int kReduceThreads = 256;
 constexpr int kMixThreads = 256;
 
 // Per-sample scratch of one step, in doubles: the mixing weights, then (tracked steps only) the squared norms of
-// the newest residual and of f(x), and whether x became the sample's best iterate.
+// the newest residual and of f(x), and whether the previous iterate must be copied into best.
 constexpr int kAlpha = 0;
 constexpr int kResidualSq = kMaxAndersonWindow;
 constexpr int kImageSq = kMaxAndersonWindow + 1;
-constexpr int kImproved = kMaxAndersonWindow + 2;
+constexpr int kCopyPrevious = kMaxAndersonWindow + 2;
 constexpr int kScratch = kMaxAndersonWindow + 3;
 
 // Sums `value` over the block (kReduceThreads threads); the total is valid in thread 0.
@@ -99,8 +100,8 @@ __global__ void solve_kernel(const AndersonStepParams p, const scalar_t* __restr
   if (b >= p.batch) return;
   double* sample = scratch + b * kScratch;
   if (kTracked) {
-    const bool improved = track_sample(options, tracker, b, sample[kResidualSq], sample[kImageSq]);
-    sample[kImproved] = improved ? 1.0 : 0.0;
+    const bool copy_previous = track_sample(options, tracker, b, sample[kResidualSq], sample[kImageSq]);
+    sample[kCopyPrevious] = copy_previous ? 1.0 : 0.0;
     if (!tracker.active[b]) return;  // stopped: the mix keeps x, no weights needed
   }
   double gram_window[kMaxAndersonWindow * kMaxAndersonWindow];
@@ -127,7 +128,7 @@ __global__ void mix_kernel(const AndersonStepParams p, const scalar_t* __restric
     const int64_t k = e % p.dim;
     const double* sample = scratch + b * kScratch;
     if (kTracked) {
-      if (sample[kImproved] != 0.0) tracker.best[e] = x[e];
+      if (sample[kCopyPrevious] != 0.0) tracker.best[e] = tracker.previous[e];
       if (!tracker.active[b]) {  // stopped: keeps its iterate, reads no history
         x_next[e] = x[e];
         continue;

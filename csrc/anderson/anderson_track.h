@@ -16,9 +16,17 @@
 namespace wtext {
 
 // The tracker's tensors for one solve, in the solve's real type (float32 or float64).
+//
+// The best iterate is copied lazily: while a sample keeps improving, each new iterate becomes its best without a
+// copy (best_pending), and only when a step does not improve on it is the previous iterate (still alive: the
+// caller passes it as `previous`) copied into best. A converging solve thus copies almost nothing, where copying
+// every improved iterate moved 2 of the ~16 passes over the state per iteration. After the last step, best is
+// the last iterate where best_pending is set (the caller resolves that once).
 template <typename real_t>
 struct TrackerState {
-  real_t* best;      // [B, d] lowest-residual iterate so far, flattened like x
+  const real_t* previous;  // [B, d] the iterate of the previous step (x itself at step 0)
+  real_t* best;      // [B, d] lowest-residual iterate so far, flattened like x, except where best_pending
+  bool* best_pending;  // [B] the previous iterate is the best and is not in best yet
   real_t* lowest;    // [B] its residual (inf before the first finite one)
   real_t* first;     // [B] the first iterate's residual (0 if non-finite); set at step 0
   int64_t* steps;    // [B] iterations until the sample stopped
@@ -51,8 +59,9 @@ WTEXT_HD T divide_rounded(T a, T b) {
 #endif
 }
 
-// Updates sample b from the squared norms of its residual f(x) - x and of f(x). Returns whether x is the sample's
-// new best iterate (the caller copies it into best). Afterwards active[b] says whether the sample moves on.
+// Updates sample b from the squared norms of its residual f(x) - x and of f(x). Returns whether the caller must
+// copy the previous iterate into best now (it was the best and x is not better). Afterwards active[b] says whether
+// the sample moves on.
 template <typename real_t>
 WTEXT_HD bool track_sample(const TrackerOptions& o, const TrackerState<real_t>& t, int64_t b, double residual_sq,
                            double image_sq) {
@@ -71,7 +80,9 @@ WTEXT_HD bool track_sample(const TrackerOptions& o, const TrackerState<real_t>& 
   const bool exploded = active && (!finite || residual > static_cast<real_t>(o.divergence_ratio) * first);
   if (exploded) t.diverged[b] = true;
   t.active[b] = active && !exploded && !(residual <= static_cast<real_t>(o.tol));
-  return improved;
+  const bool copy_previous = t.best_pending[b] && !improved;
+  t.best_pending[b] = improved;
+  return copy_previous;
 }
 
 }  // namespace wtext

@@ -39,7 +39,10 @@ def anderson(f, z0: torch.Tensor, *, max_iter: int, tol: float, stop_mode: str =
     g_history = z0.new_zeros((batch, m, z0[0].numel()), dtype=solve_dtype)  # residuals f(z) - z
     f_history = torch.zeros_like(g_history)
     gram = z0.new_zeros((batch, m, m), dtype=solve_dtype)
-    layout = best = None
+    # The op keeps the best iterate lazily: an improving sample's iterate is only marked (best_pending) and copied
+    # into `best` when a later step fails to improve on it, from the previous iterate passed back in.
+    best_pending = torch.zeros(batch, dtype=torch.bool, device=z0.device)
+    layout = best = x_previous = None
     z = z0
     for step in range(max_iter):
         fz = f(z)
@@ -48,10 +51,14 @@ def anderson(f, z0: torch.Tensor, *, max_iter: int, tol: float, stop_mode: str =
             # The op keeps the best iterate here, flattened: the tracker's own copy of z0 where it can be viewed so.
             best = layout.flatten(tracker.best).to(solve_dtype)
         tracker.record(step, z)
+        x = layout.flatten(z).to(solve_dtype)
         z_next = torch.ops.wtext.anderson_tracked_step(
-            layout.flatten(z).to(solve_dtype), layout.flatten(fz).to(solve_dtype), g_history, f_history, gram,
-            best, *tracker.fused_state(), step, lam, beta, tol, stop_mode == "rel", divergence_ratio,
+            x, layout.flatten(fz).to(solve_dtype), g_history, f_history, gram,
+            x if x_previous is None else x_previous, best, best_pending, *tracker.fused_state(), step, lam, beta, tol,
+            stop_mode == "rel", divergence_ratio,
         )
+        x_previous = x
         z = layout.unflatten(z_next).to(z0.dtype)
+    best = torch.where(best_pending[:, None], x_previous, best)  # the last iterate where it is still the best
     tracker.best = layout.unflatten(best).to(z0.dtype)
     return tracker.finish()

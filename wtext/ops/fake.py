@@ -73,6 +73,6 @@ def _anderson_step_fake(x, fx, g_history, f_history, gram, step, lam, beta):
 
 
 @torch.library.register_fake("wtext::anderson_tracked_step")
-def _anderson_tracked_step_fake(x, fx, g_history, f_history, gram, best, lowest, first, steps, active, diverged,
-                                nonfinite, trace, step, lam, beta, tol, relative, divergence_ratio):
+def _anderson_tracked_step_fake(x, fx, g_history, f_history, gram, previous_x, best, best_pending, lowest, first, steps,
+                                active, diverged, nonfinite, trace, step, lam, beta, tol, relative, divergence_ratio):
     return x.new_empty(x.shape)
