@@ -1,8 +1,9 @@
 // Per-sample convergence tracking inside an Anderson step, shared by the CPU and CUDA kernels of
 // anderson_tracked_step.
 //
-// The semantics are exactly those of ConvergenceTracker.update and keep_finished in wtext/deq/tracking.py (the
-// tests run both on the same solves and compare): doing it in the step's kernels turns ~20 small tensor ops and
+// The semantics are those of ConvergenceTracker.update and keep_finished in wtext/deq/tracking.py (the tests run
+// both on the same solves and compare), except that the best iterate is kept lazily (below) until the caller
+// resolves the last mark after the solve. Doing it in the step's kernels turns ~20 small tensor ops and
 // three passes over the state per iteration (residual, best-iterate and keep-finished `where`s) into a few scalar
 // updates per sample, with the residual norms taken from data the Gram kernel streams anyway.
 #pragma once
@@ -25,15 +26,15 @@ namespace wtext {
 template <typename real_t>
 struct TrackerState {
   const real_t* previous;  // [B, d] the iterate of the previous step (x itself at step 0)
-  real_t* best;      // [B, d] lowest-residual iterate so far, flattened like x, except where best_pending
-  bool* best_pending;  // [B] the previous iterate is the best and is not in best yet
-  real_t* lowest;    // [B] its residual (inf before the first finite one)
-  real_t* first;     // [B] the first iterate's residual (0 if non-finite); set at step 0
-  int64_t* steps;    // [B] iterations until the sample stopped
-  bool* active;      // [B] still iterating
-  bool* diverged;    // [B]
-  bool* nonfinite;   // [B]
-  real_t* trace;     // [B, trace_len] residual per step, NaN once stopped
+  real_t* best;            // [B, d] lowest-residual iterate so far, flattened like x, except where best_pending
+  bool* best_pending;      // [B] the latest tracked iterate is the best and is not in best yet
+  real_t* lowest;          // [B] the best iterate's residual (inf before the first finite one)
+  real_t* first;           // [B] the first iterate's residual (0 if non-finite); set at step 0
+  int64_t* steps;          // [B] iterations until the sample stopped
+  bool* active;            // [B] still iterating
+  bool* diverged;          // [B]
+  bool* nonfinite;         // [B]
+  real_t* trace;           // [B, trace_len] residual per step, NaN once stopped
 };
 
 struct TrackerOptions {

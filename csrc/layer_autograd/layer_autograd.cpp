@@ -45,9 +45,9 @@ auto call_backward_op(const Call& call) {
   return call();
 }
 
-// Which of (x, weight) this backward pass needs a gradient for: in a DEQ's adjoint solve only x, for a frozen weight
-// or a network's input layer only one. The backward op then skips the other GEMM (one of the three GEMM-sized passes of a
-// conv's fwd+bwd).
+// Which of (x, weight) this backward pass needs a gradient for: in a DEQ's adjoint solve only x, for a frozen
+// weight or a network's input layer only one. The backward op then skips the other GEMM (one of the three
+// GEMM-sized passes of a conv's fwd+bwd).
 std::array<bool, 2> requested_gradients(AutogradContext* ctx) {
   return {ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
 }

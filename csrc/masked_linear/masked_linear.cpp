@@ -36,6 +36,7 @@ LayerGradients masked_linear_backward(const at::Tensor& grad_out, const at::Tens
                                       int64_t nm_n, int64_t nm_m, std::array<bool, 2> output_mask) {
   check_linear_arguments(x, weight, std::nullopt);
   LayerGradients gradients;
+  if (!output_mask[0] && !output_mask[1]) return gradients;
   const at::Tensor grad_rows = grad_out.to(x.scalar_type()).reshape({-1, weight.size(0)});
   const MaskedLayerWeight mask(weight, seed, layer, density, std::string(pattern), nm_n, nm_m);
   if (output_mask[0]) {

@@ -118,7 +118,7 @@ class ConvergenceTracker:
 
     def fused_state(self) -> tuple[torch.Tensor, ...]:
         """The tensors a solver kernel with fused tracking updates in place (see anderson_tracked_step), after
-        best and best_pending: (lowest, first, steps, active, diverged, nonfinite, trace)."""
+        previous_x, best and best_pending: (lowest, first, steps, active, diverged, nonfinite, trace)."""
         return self.lowest, self.first, self.steps, self.active, self.diverged, self.nonfinite, self.trace
 
     def finish(self) -> tuple[torch.Tensor, SolverStats]:

@@ -36,7 +36,7 @@ torch.library.register_autograd(
 #   d/dg = layer(gg_x, W) + layer(x, gg_W),  d/dx = backward(g, x, gg_W).grad_x,  d/dW = backward(g, gg_x, W).grad_W
 # where each backward call asks (output_mask) for the one gradient it uses.
 def _layer_backward_setup_context(ctx, inputs, output):
-    grad_out, x, weight, *layer_args, ctx.output_mask = inputs
+    grad_out, x, weight, *layer_args, _output_mask = inputs  # each double-backward call sets its own
     ctx.layer_args = layer_args
     ctx.save_for_backward(grad_out, x, weight)
 
