@@ -36,8 +36,10 @@ def anderson(f, z0: torch.Tensor, *, max_iter: int, tol: float, stop_mode: str =
     tracker = ConvergenceTracker(z0, max_iter, tol, stop_mode, divergence_ratio, record_steps)
     batch = z0.shape[0]
     solve_dtype = torch.float64 if z0.dtype == torch.float64 else torch.float32
-    g_history = z0.new_zeros((batch, m, z0[0].numel()), dtype=solve_dtype)  # residuals f(z) - z
-    f_history = torch.zeros_like(g_history)
+    # Ring buffers of residuals f(z) - z and images f(z). Left uninitialized: the op reads only slots it has written
+    # (zero-filling them cost two writes of m states per solve).
+    g_history = z0.new_empty((batch, m, z0[0].numel()), dtype=solve_dtype)
+    f_history = torch.empty_like(g_history)
     gram = z0.new_zeros((batch, m, m), dtype=solve_dtype)
     # The op keeps the best iterate lazily: an improving sample's iterate is only marked (best_pending) and copied
     # into `best` when a later step fails to improve on it, from the previous iterate passed back in.
