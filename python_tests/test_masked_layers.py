@@ -211,6 +211,36 @@ def test_backward_op_returns_none_for_gradients_not_asked_for(device):
     torch.testing.assert_close(only_weight[1], both[1])
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_autocast_runs_the_layers_in_the_autocast_dtype(device, compiled):
+    # Like F.conv2d / F.linear: inside autocast a float32 x is cast (the masked weight is then written in bf16 by
+    # the mask kernel), gradients reach the float32 x and weight; float64 is left alone.
+    x, weight, bias = conv_case(device, 4, 5, 3, 6, dtype=torch.float32)
+    x_lin = torch.randn(3, 4, device=device, requires_grad=True)
+    w_lin = torch.randn(2, 4, device=device, requires_grad=True)
+
+    def layers(x, weight, bias, x_lin, w_lin):
+        conv = ops.masked_conv2d(x, weight, bias, 1, 0, 0.5, padding=1)
+        return conv, ops.masked_linear(x_lin, w_lin, None, 1, 0, 0.5)
+
+    run = torch.compile(layers, backend="aot_eager", fullgraph=True) if compiled else layers
+    inputs = (x, weight, bias, x_lin, w_lin)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        got = run(*inputs)
+    expected = layers(x.bfloat16(), weight, bias, x_lin.bfloat16(), w_lin)  # the cast written out by hand
+    probes = [torch.randn_like(out) for out in expected]
+    for g, e in zip(got, expected):
+        assert g.dtype == torch.bfloat16
+        torch.testing.assert_close(g, e)
+    got_grads = torch.autograd.grad(got, inputs, probes)
+    for g, e, tensor in zip(got_grads, torch.autograd.grad(expected, inputs, probes), inputs):
+        assert g.dtype == tensor.dtype == torch.float32
+        torch.testing.assert_close(g, e)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        assert ops.masked_conv2d(x.double(), weight.double(), None, 1, 0, 0.5).dtype == torch.float64
+    assert layers(*inputs)[0].dtype == torch.float32  # outside autocast nothing changes
+
+
 def test_conv_and_linear_under_torch_compile(device):
     x, weight, bias = conv_case(device, 4, 4, 3, 6, dtype=torch.float32)
     w_lin = torch.randn(3, 4, device=device, requires_grad=True)
