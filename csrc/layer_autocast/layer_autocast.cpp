@@ -18,16 +18,14 @@ namespace wtext {
 
 namespace {
 
-// The autocast dtype of kDevice applied to x (a no-op for float64, as in autocast's own casts).
-template <c10::DeviceType kDevice>
-at::Tensor autocast_input(const at::Tensor& x) {
-  return at::autocast::cached_cast(at::autocast::get_autocast_dtype(kDevice), x, kDevice);
-}
-
-// The autocast dispatch key of kDevice, excluded while the op runs so the call reaches autograd and the kernels.
-template <c10::DeviceType kDevice>
-c10::DispatchKey autocast_key() {
-  return at::autocast::get_autocast_dispatch_key_from_device_type(kDevice);
+// Calls `op` with x cast to kDevice's autocast dtype (a no-op for float64, as in autocast's own casts) and the
+// other arguments as they are, with the autocast key excluded so the call reaches autograd and the kernels.
+template <c10::DeviceType kDevice, typename Op, typename... Rest>
+at::Tensor call_in_autocast_dtype(const Op& op, const at::Tensor& x, const Rest&... rest) {
+  const at::Tensor cast_x = at::autocast::cached_cast(at::autocast::get_autocast_dtype(kDevice), x, kDevice);
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(
+      at::autocast::get_autocast_dispatch_key_from_device_type(kDevice));
+  return op.call(cast_x, rest...);
 }
 
 template <c10::DeviceType kDevice>
@@ -40,9 +38,8 @@ at::Tensor masked_conv2d_autocast(const at::Tensor& x, const at::Tensor& weight,
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                                          int64_t, int64_t, double, c10::string_view, int64_t, int64_t, at::IntArrayRef,
                                          at::IntArrayRef, at::IntArrayRef)>();
-  const at::Tensor cast_x = autocast_input<kDevice>(x);
-  const c10::impl::ExcludeDispatchKeyGuard no_autocast(autocast_key<kDevice>());
-  return op.call(cast_x, weight, bias, seed, layer, density, pattern, nm_n, nm_m, stride, padding, dilation);
+  return call_in_autocast_dtype<kDevice>(op, x, weight, bias, seed, layer, density, pattern, nm_n, nm_m, stride,
+                                         padding, dilation);
 }
 
 template <c10::DeviceType kDevice>
@@ -53,9 +50,7 @@ at::Tensor masked_linear_autocast(const at::Tensor& x, const at::Tensor& weight,
                        .findSchemaOrThrow("wtext::masked_linear", "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                                          int64_t, int64_t, double, c10::string_view, int64_t, int64_t)>();
-  const at::Tensor cast_x = autocast_input<kDevice>(x);
-  const c10::impl::ExcludeDispatchKeyGuard no_autocast(autocast_key<kDevice>());
-  return op.call(cast_x, weight, bias, seed, layer, density, pattern, nm_n, nm_m);
+  return call_in_autocast_dtype<kDevice>(op, x, weight, bias, seed, layer, density, pattern, nm_n, nm_m);
 }
 
 }  // namespace

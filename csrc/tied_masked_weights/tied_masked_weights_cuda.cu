@@ -57,14 +57,15 @@ int multiprocessor_count() {
   constexpr int kMaxDevices = 64;
   static std::array<std::atomic<int>, kMaxDevices> counts{};
   const int device = c10::cuda::current_device();
-  if (device >= kMaxDevices) {
+  const auto query = [device] {
     int count = 0;
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
     return count;
-  }
+  };
+  if (device >= kMaxDevices) return query();  // beyond the cache: asked each time, still correct
   int count = counts[device].load(std::memory_order_relaxed);
   if (count == 0) {
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+    count = query();
     counts[device].store(count, std::memory_order_relaxed);
   }
   return count;
