@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from timing import median_ms, print_profile, print_table
+from timing import measure, median_ms, print_profile, print_table
 from wtext import deq, ops
 from wtext.deq.backward import ImplicitGradient
 
@@ -117,20 +117,22 @@ def counting_host_reads(device):
 
 def print_cell_share(cell, x, args, autocast, reference_ms, device):
     """How much of a step is the cell itself (the part no solver can speed up): the time of the step's cell
-    evaluations and vector-Jacobian products alone, and the ratio to the reference that this leaves as a floor."""
+    evaluations and vector-Jacobian products alone, and the ratio to the reference that this leaves as a floor.
+    The cell is timed back to back (steady state), as it runs inside a step: timing each call alone adds a launch
+    latency per kernel, which on the lent GPU VM made this floor 0.49x where the step's profile left at most 0.40x."""
     z = torch.randn_like(x)
     with torch.no_grad(), autocast:
-        cell_ms = median_ms(lambda: cell(z, x), device, args.warmup, args.repeats)
+        cell_ms = measure(lambda: cell(z, x), device, args.warmup, args.repeats).steady
     with autocast, torch.enable_grad():
         z_grad = z.clone().requires_grad_()
         fz = cell(z_grad, x)
     y = torch.randn_like(fz)
-    vjp_ms = median_ms(lambda: torch.autograd.grad(fz, z_grad, y, retain_graph=True), device, args.warmup,
-                       args.repeats)
+    vjp_ms = measure(lambda: torch.autograd.grad(fz, z_grad, y, retain_graph=True), device, args.warmup,
+                     args.repeats).steady
     # forward: `iters` evaluations plus one with the graph; backward: one re-evaluation, `backward_iters` VJPs and
     # the final backward to the parameters (about one more VJP)
     floor = (args.iters + 2) * cell_ms + (args.backward_iters + 1) * vjp_ms
-    print(f"\ncell alone: forward {cell_ms:.3f} ms, vector-Jacobian product {vjp_ms:.3f} ms; "
+    print(f"\ncell alone (steady state): forward {cell_ms:.3f} ms, vector-Jacobian product {vjp_ms:.3f} ms; "
           f"the step's cell work {floor:.2f} ms = {floor / reference_ms:.2f}x the reference "
           f"(the lowest ratio any solver could reach with the same cell and iteration counts)")
 

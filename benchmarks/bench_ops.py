@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import wtext.ops as ops
-from timing import measure, median_ms, print_profile, print_table, print_timing_table
+from timing import measure_interleaved, median_ms, print_profile, print_table, print_timing_table
 
 
 def eager_masks(shape, layers, seed, density, device):
@@ -81,11 +81,11 @@ def bench_conv(device, args, dtype, channels):
     def wtext_conv():
         ops.masked_conv2d(x, weight, None, 1, 0, args.density, args.pattern, 1, 1).backward(grad)
 
-    rows = [("cuDNN dense conv2d", measure(dense, device, args.warmup, args.repeats)),
-            ("eager conv2d(x, w*mask)", measure(eager_masked, device, args.warmup, args.repeats))]
+    cases = {"cuDNN dense conv2d": dense, "eager conv2d(x, w*mask)": eager_masked}
     if not args.no_compile:
-        rows.append(("torch.compile conv2d(x, w*mask)", measure(compiled, device, args.warmup, args.repeats)))
-    rows.append((f"wtext masked_conv2d ({args.pattern})", measure(wtext_conv, device, args.warmup, args.repeats)))
+        cases["torch.compile conv2d(x, w*mask)"] = compiled
+    cases[f"wtext masked_conv2d ({args.pattern})"] = wtext_conv
+    rows = list(measure_interleaved(cases, device, args.warmup, args.repeats, args.rounds).items())
     name = str(dtype).replace("torch.", "")
     print_timing_table(f"workload A: 3x3 conv fwd+bwd, N={args.batch}, C={channels}, {args.size}x{args.size}, "
                        f"channels_last, {name}, density {args.density}", rows, "cuDNN dense conv2d")
@@ -94,14 +94,16 @@ def bench_conv(device, args, dtype, channels):
         print_profile(f"cuDNN dense conv2d fwd+bwd, C={channels}, {name}", dense, device)
 
 
-def bench_host_cost(device, args):
+def bench_host_cost(device, args, dtype=torch.float32):
     """The host's cost of one masked conv fwd+bwd, on a conv so small that its kernels take no time. wtext's conv runs
     once per tied application, so where launches are slow (the lent GPU VMs) this cost decides whether the GPU waits
-    for the host; on a CPU the same code paths run, so this is the figure to track between GPU sessions."""
-    x = torch.randn(1, 8, 4, 4, device=device).contiguous(memory_format=torch.channels_last).requires_grad_()
-    weight = torch.randn(8, 8, 3, 3, device=device, requires_grad=True)
+    for the host; on a CPU the same code paths run, so this is the figure to track between GPU sessions. On a GPU it
+    is also taken in bf16: run 3 saw wtext's host time per workload-A call double in bf16 (0.68 vs 0.32 ms)."""
+    x = torch.randn(1, 8, 4, 4, device=device, dtype=dtype)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    weight = torch.randn(8, 8, 3, 3, device=device, dtype=dtype, requires_grad=True)
     dense_weight = weight.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
-    grad = torch.randn(1, 8, 4, 4, device=device).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(1, 8, 4, 4, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
     calls = 200
 
     def dense():
@@ -114,7 +116,7 @@ def bench_host_cost(device, args):
 
     rows = [(f"{name} (per call)", median_ms(fn, device, 2, args.repeats) / calls)
             for name, fn in (("dense conv2d", dense), (f"wtext masked_conv2d ({args.pattern})", wtext_conv))]
-    print_table(f"host cost of a tiny 3x3 conv fwd+bwd (1x8x4x4, channels_last), {device}, "
+    print_table(f"host cost of a tiny 3x3 conv fwd+bwd (1x8x4x4, channels_last, {str(dtype)[6:]}), {device}, "
                 f"{torch.get_num_threads()} threads", rows, "dense conv2d (per call)")
 
 
@@ -130,6 +132,8 @@ def main():
     parser.add_argument("--conv-channels", type=int, nargs="+", default=[128, 256], help="workload A widths")
     parser.add_argument("--warmup", type=int, default=5, help="untimed calls before timing (default 5)")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls; the median is reported (default 20)")
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="workload A: steady-state runs per case, taken in turns across the cases (default 7)")
     parser.add_argument("--profile", action="store_true", help="print the kernels of the wtext and dense conv by time")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     args = parser.parse_args()
@@ -141,6 +145,8 @@ def main():
           f", threads {torch.get_num_threads()}")
     bench_tied_weights(device, args)
     bench_host_cost(device, args)
+    if device.type == "cuda":
+        bench_host_cost(device, args, torch.bfloat16)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -2,6 +2,8 @@
 # One script for a lent GPU machine (preinstalled torch, no package registry), run from the repository root:
 #     bash benchmarks/gpu_check.sh            # everything (about 6-7 minutes on an H100)
 #     SKIP_BUILD=1 bash benchmarks/gpu_check.sh   # reuse a wtext/_C*.so already built on this machine
+#     STAGES="kernel_tests bench_deq" bash benchmarks/gpu_check.sh   # the build, then only the stages named
+#       (kernel_tests bench_ops bench_deq bench_deq_bf16 other_tests bench_loader train cmake_bench; default all)
 # It builds wtext against the machine's torch, runs the CUDA tests (they run here, and only here),
 # the op benchmarks (workload A), the DEQ benchmark (workload B), the loader benchmark, a short training run and
 # the C++ benchmark, and ends with a short summary.
@@ -24,6 +26,8 @@ fi
 PYTHON="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # wtext is built in place, not installed
 declare -a SUMMARY=()
+STAGES="${STAGES:-all}"
+want() { [ "$STAGES" = all ] || [[ " $STAGES " == *" $1 "* ]]; }  # want STAGE: whether STAGES selects it
 
 step() {  # step NAME TIMEOUT_SECONDS COMMAND...: runs one stage, logs it, records pass/fail and its duration
   local name="$1" limit="$2"; shift 2
@@ -66,7 +70,7 @@ fi
 
 # The C++ benchmark compiles on spare cores during the first tests; it is done before anything is timed.
 CMAKE_LOG="/tmp/wtext_cmake_build.log"
-( cmake -S . -B build-gpu -G Ninja -DWTEXT_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+want cmake_bench && ( cmake -S . -B build-gpu -G Ninja -DWTEXT_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
     -DCMAKE_CUDA_COMPILER="$CUDA_HOME/bin/nvcc" -DPython_EXECUTABLE="$(command -v "$PYTHON")" \
   && cmake --build build-gpu -j 6 ) > "$CMAKE_LOG" 2>&1 &
 CMAKE_PID=$!
@@ -79,20 +83,22 @@ WORKERS=()
 PYTEST=("$PYTHON" -m pytest --cuda-only -q -rfE --maxfail=20 --durations=5 -p no:cacheprovider "${WORKERS[@]}")
 KERNEL_TESTS=(python_tests/test_masks.py python_tests/test_tied_masked_weights.py python_tests/test_masked_layers.py
               python_tests/test_anderson_step.py python_tests/test_anderson_tracked_step.py python_tests/test_deq_cuda.py)
-step kernel_tests 150 "${PYTEST[@]}" "${KERNEL_TESTS[@]}"
-wait "$CMAKE_PID"; CMAKE_STATUS=$?
+want kernel_tests && step kernel_tests 150 "${PYTEST[@]}" "${KERNEL_TESTS[@]}"
+want cmake_bench && { wait "$CMAKE_PID"; CMAKE_STATUS=$?; }
 
 # Timed stages run alone on the GPU.
-step bench_ops 120 "$PYTHON" benchmarks/bench_ops.py --device cuda --profile
-step bench_deq 100 "$PYTHON" benchmarks/bench_deq.py --device cuda --profile
-step bench_deq_bf16 60 "$PYTHON" benchmarks/bench_deq.py --device cuda --bf16
-step other_tests 200 "${PYTEST[@]}" python_tests "${KERNEL_TESTS[@]/#/--ignore=}"
-step bench_loader 40 "$PYTHON" benchmarks/bench_loader.py --device cuda
-step train 60 "$PYTHON" -m wtext.train --no-progress --epochs 2 --run-dir /tmp/wtext_gpu_run
-if [ "$CMAKE_STATUS" = 0 ]; then
-  step cmake_bench 30 ./build-gpu/bench_masked_weights --device cuda
-else
-  tail -30 "$CMAKE_LOG" | tee -a "$LOG"; SUMMARY+=("cmake_build    FAIL")
+want bench_ops && step bench_ops 120 "$PYTHON" benchmarks/bench_ops.py --device cuda --profile
+want bench_deq && step bench_deq 100 "$PYTHON" benchmarks/bench_deq.py --device cuda --profile
+want bench_deq_bf16 && step bench_deq_bf16 60 "$PYTHON" benchmarks/bench_deq.py --device cuda --bf16
+want other_tests && step other_tests 200 "${PYTEST[@]}" python_tests "${KERNEL_TESTS[@]/#/--ignore=}"
+want bench_loader && step bench_loader 40 "$PYTHON" benchmarks/bench_loader.py --device cuda
+want train && step train 60 "$PYTHON" -m wtext.train --no-progress --epochs 2 --run-dir /tmp/wtext_gpu_run
+if want cmake_bench; then
+  if [ "$CMAKE_STATUS" = 0 ]; then
+    step cmake_bench 30 ./build-gpu/bench_masked_weights --device cuda
+  else
+    tail -30 "$CMAKE_LOG" | tee -a "$LOG"; SUMMARY+=("cmake_build    FAIL")
+  fi
 fi
 
 {

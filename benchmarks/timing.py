@@ -43,22 +43,33 @@ class Timing:
 
 def measure(fn, device: torch.device, warmup: int = 5, repeats: int = 20) -> Timing:
     """Timing of fn() in milliseconds (medians over `repeats`; CPU: all three are the wall time)."""
-    latency = median_ms(fn, device, warmup, repeats)
+    return measure_interleaved({"fn": fn}, device, warmup, repeats)["fn"]
+
+
+def measure_interleaved(cases: dict, device: torch.device, warmup: int = 5, repeats: int = 20,
+                        rounds: int = 5) -> dict:
+    """Timing of each case (name -> fn) like `measure`, with the steady-state runs of all cases taken in turns
+    (round r times every case once), so that a drift of the device (clocks, temperature) or of the host over the
+    measurement reaches every case alike instead of the ones measured last."""
+    latency = {name: median_ms(fn, device, warmup, repeats) for name, fn in cases.items()}
     if device.type != "cuda":
-        return Timing(latency, latency, latency)
-    runs, steady, host = 5, [], []
-    for _ in range(runs):
-        torch.cuda.synchronize(device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        host_start = time.perf_counter()
-        start.record()
-        for _ in range(repeats):
-            fn()
-        end.record()
-        host.append((time.perf_counter() - host_start) * 1e3 / repeats)
-        end.synchronize()
-        steady.append(start.elapsed_time(end) / repeats)
-    return Timing(latency, statistics.median(steady), statistics.median(host))
+        return {name: Timing(ms, ms, ms) for name, ms in latency.items()}
+    steady = {name: [] for name in cases}
+    host = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            torch.cuda.synchronize(device)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            host_start = time.perf_counter()
+            start.record()
+            for _ in range(repeats):
+                fn()
+            end.record()
+            host[name].append((time.perf_counter() - host_start) * 1e3 / repeats)
+            end.synchronize()
+            steady[name].append(start.elapsed_time(end) / repeats)
+    return {name: Timing(latency[name], statistics.median(steady[name]), statistics.median(host[name]))
+            for name in cases}
 
 
 def print_timing_table(title: str, rows: list[tuple[str, Timing]], baseline: str) -> None:

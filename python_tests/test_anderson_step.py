@@ -19,12 +19,16 @@ def reference_weights(gram, lam, newest):
     return w / w.sum()
 
 
-def run_steps(device, dtype, batch=3, dim=10, m=3, steps=7, lam=1e-3, beta=0.7):
-    """Drives the op through `steps` steps on random iterates, checking each against the reference."""
+def run_steps(device, dtype, batch=3, dim=10, m=3, steps=7, lam=1e-3, beta=0.7, offset=0):
+    """Drives the op through `steps` steps on random iterates, checking each against the reference. With offset > 0
+    the histories start `offset` elements into their storage (contiguous, but not 16-byte aligned)."""
     generator = torch.Generator().manual_seed(1)
-    # Slots not written yet hold NaN: the op must never read them (the solver allocates the histories uninitialized).
-    g_history = torch.full((batch, m, dim), float("nan"), dtype=dtype, device=device)
-    f_history = torch.full_like(g_history, float("nan"))
+
+    def history():  # slots not written yet hold NaN: the op must never read them (the solver allocates them empty)
+        flat = torch.full((offset + batch * m * dim,), float("nan"), dtype=dtype, device=device)
+        return flat[offset:].view(batch, m, dim)
+
+    g_history, f_history = history(), history()
     gram = torch.zeros(batch, m, m, dtype=dtype, device=device)
     ref_x = torch.zeros(batch, m, dim, dtype=dtype)  # the iterates and images the op was given, on the CPU
     ref_f = torch.zeros_like(ref_x)
@@ -55,6 +59,15 @@ def test_matches_reference_over_many_steps(device, dtype):
     # a state longer than one pass of a CUDA reduction block (256 threads), not a multiple of it; beta = 1 takes
     # the undamped mix, which never reads the stored residuals
     run_steps(device, dtype, batch=2, dim=9001, m=4, steps=6, beta=1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("beta", [1.0, 0.7])
+def test_16_byte_and_misaligned_states_match_the_reference(device, dtype, beta):
+    # dim a multiple of 4: the CUDA kernels move 16-byte packs; histories one element off a 16-byte boundary make
+    # them fall back to one element per access. Both must compute the same step.
+    run_steps(device, dtype, batch=3, dim=4100, m=5, steps=8, beta=beta)
+    run_steps(device, dtype, batch=3, dim=4100, m=5, steps=8, beta=beta, offset=1)
 
 
 def test_singular_system_falls_back_to_plain_step_without_nan(device):

@@ -8,7 +8,7 @@ import torch
 
 from wtext import models, ops
 from wtext.deq import DEQConfig
-from wtext.nn import MaskSpec, TiedMaskedWeight, torch_mask
+from wtext.nn import MaskSpec, TiedMaskedWeight, autocast_dtype, torch_mask
 
 PATTERNS = [("bernoulli", (2, 4)), ("exact", (2, 4)), ("nm", (2, 4))]
 
@@ -237,8 +237,11 @@ def test_cuda_bf16_autocast_matches_the_reference_path(build):
     x = torch.randn(4, 3, 16, 16, device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
         ours = model(x).float()
-        views = model.tied_weights()[0]()
-    assert views.dtype == torch.bfloat16  # written directly in the autocast dtype
+        # The models ask for their views in the autocast dtype (the op writes them directly in it); the op's own
+        # default stays the weight's dtype.
+        tied = model.tied_weights()[0]
+        views, plain = tied(autocast_dtype(x.device)), tied()
+    assert views.dtype == torch.bfloat16 and plain.dtype == torch.float32
     set_reference(model, True)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         reference = model(x).float()

@@ -5,19 +5,24 @@
 //                    writes g and f into the ring buffers (and, tracked, sums |f|^2 for the relative residual).
 //   2. solve:        one thread per sample: (tracked) the convergence bookkeeping of anderson_track.h, then the
 //                    regularized (m x m) solve of anderson_solve.h, in double.
-//   3. mix:          one thread per element: x_next = sum_i alpha_i f_i - (1 - beta) sum_i alpha_i g_i; tracked, a
-//                    stopped sample copies x instead, and a sample whose previous iterate stays its best (it did
-//                    not improve on it) copies that iterate into best (the lazy copy of anderson_track.h).
+//   3. mix:          one thread per element (or 16-byte pack): x_next = sum_i alpha_i f_i - (1 - beta) *
+//                    sum_i alpha_i g_i; tracked, a stopped sample copies x instead, and a sample whose previous
+//                    iterate stays its best (it did not improve on it) copies that iterate into best (the lazy
+//                    copy of anderson_track.h).
 // This block layout is the one measured on an H100 (workload B, d = 131072, m = 5: gram 370 us, mix 256 us per
 // step with histories of iterates). A variant with blocks over (chunk of d, sample) and all m dot products per
-// block ran 1.7x (gram) and 2.2x (mix) slower there despite reading fewer bytes, so it was dropped. Keeping
-// residuals instead of iterates removes one history read per element from both kernels (not yet timed on a GPU).
+// block ran 1.7x (gram) and 2.2x (mix) slower there despite reading fewer bytes, so it was dropped. With residual
+// histories, run 3 measured gram 309 us (8 passes of DRAM traffic: ~58% of the ~3 TB/s copy rate) and mix 172 us
+// (6 passes, ~78%) per step. Both kernels therefore move 16 bytes per access where alignment allows (Pack below):
+// a thread then keeps four times the bytes in flight per iteration, which is what a latency-bound stream needs.
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cstdint>
+#include <initializer_list>
 #include <type_traits>
 
 #include "anderson/anderson.h"
@@ -51,7 +56,25 @@ __device__ double block_sum(double value, double* warp_sums) {
   return total;
 }
 
-template <typename scalar_t, bool kTracked>
+// kVec consecutive elements moved as one 16-byte access (kVec = 1: one element). The kernels below are bound by
+// bytes in flight: with one 4-byte load per thread and iteration, an H100 SM has too few outstanding bytes to
+// cover memory latency (run 3: Gram at ~58% of the copy bandwidth), so each thread moves 16 bytes per access.
+template <typename scalar_t, int kVec>
+struct alignas(sizeof(scalar_t) * kVec) Pack {
+  scalar_t v[kVec];
+};
+
+template <int kVec, typename scalar_t>
+__device__ __forceinline__ Pack<scalar_t, kVec> load_pack(const scalar_t* from) {
+  return *reinterpret_cast<const Pack<scalar_t, kVec>*>(from);
+}
+
+template <int kVec, typename scalar_t>
+__device__ __forceinline__ void store_pack(scalar_t* to, const Pack<scalar_t, kVec>& pack) {
+  *reinterpret_cast<Pack<scalar_t, kVec>*>(to) = pack;
+}
+
+template <typename scalar_t, bool kTracked, int kVec>
 __global__ void gram_update_kernel(const AndersonStepParams p, const scalar_t* __restrict__ x,
                                    const scalar_t* __restrict__ fx, scalar_t* __restrict__ g_history,
                                    scalar_t* __restrict__ f_history, scalar_t* __restrict__ gram,
@@ -65,15 +88,22 @@ __global__ void gram_update_kernel(const AndersonStepParams p, const scalar_t* _
   const bool newest = i == p.slot;
   double partial = 0;
   double image_partial = 0;
-  for (int64_t k = threadIdx.x; k < p.dim; k += blockDim.x) {
-    const scalar_t f = fb[k];
-    const scalar_t g = f - xb[k];  // rounded like the stored residual, so every Gram entry sees the same values
-    const scalar_t other = newest ? g : gh[i * p.dim + k];
-    partial += double(g) * double(other);
+  for (int64_t k = static_cast<int64_t>(threadIdx.x) * kVec; k < p.dim; k += static_cast<int64_t>(blockDim.x) * kVec) {
+    const Pack<scalar_t, kVec> f = load_pack<kVec>(fb + k);
+    const Pack<scalar_t, kVec> xk = load_pack<kVec>(xb + k);
+    Pack<scalar_t, kVec> g;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) g.v[j] = f.v[j] - xk.v[j];  // rounded like the stored residual, so every Gram entry sees the same values
+    const Pack<scalar_t, kVec> other = newest ? g : load_pack<kVec>(gh + i * p.dim + k);
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) partial += double(g.v[j]) * double(other.v[j]);
     if (newest) {  // only this block touches slot p.slot, and the others never read it
-      gh[p.slot * p.dim + k] = g;
-      fh[p.slot * p.dim + k] = f;
-      if (kTracked) image_partial += double(f) * double(f);
+      store_pack<kVec>(gh + p.slot * p.dim + k, g);
+      store_pack<kVec>(fh + p.slot * p.dim + k, f);
+      if (kTracked) {
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) image_partial += double(f.v[j]) * double(f.v[j]);
+      }
     }
   }
   __shared__ double warp_sums[kReduceThreads / 32];
@@ -115,35 +145,56 @@ __global__ void solve_kernel(const AndersonStepParams p, const scalar_t* __restr
   for (int64_t i = 0; i < p.valid; ++i) sample[kAlpha + i] = weights[i];
 }
 
-template <typename scalar_t, bool kDamped, bool kTracked>
+// Grid-stride over packs of kVec elements; dim % kVec == 0, so a pack never straddles two samples.
+template <typename scalar_t, bool kDamped, bool kTracked, int kVec>
 __global__ void mix_kernel(const AndersonStepParams p, const scalar_t* __restrict__ x,
                            const scalar_t* __restrict__ g_history, const scalar_t* __restrict__ f_history,
                            const double* __restrict__ scratch, scalar_t* __restrict__ x_next,
                            const TrackerState<scalar_t> tracker) {
   const int64_t total = p.batch * p.dim;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x * kVec;
   const double damping = 1 - p.beta;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
+  for (int64_t e = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * kVec; e < total; e += stride) {
     const int64_t b = e / p.dim;
     const int64_t k = e % p.dim;
     const double* sample = scratch + b * kScratch;
     if (kTracked) {
-      if (sample[kCopyPrevious] != 0.0) tracker.best[e] = tracker.previous[e];
+      if (sample[kCopyPrevious] != 0.0) store_pack<kVec>(tracker.best + e, load_pack<kVec>(tracker.previous + e));
       if (!tracker.active[b]) {  // stopped: keeps its iterate, reads no history
-        x_next[e] = x[e];
+        store_pack<kVec>(x_next + e, load_pack<kVec>(x + e));
         continue;
       }
     }
     const scalar_t* gh = g_history + b * p.window * p.dim;
     const scalar_t* fh = f_history + b * p.window * p.dim;
-    double mixed = 0;
+    double mixed[kVec] = {};
     for (int64_t i = 0; i < p.valid; ++i) {
-      double term = double(fh[i * p.dim + k]);
-      if (kDamped) term -= damping * double(gh[i * p.dim + k]);  // beta = 1 never reads the residuals
-      mixed += sample[kAlpha + i] * term;
+      const double alpha = sample[kAlpha + i];
+      const Pack<scalar_t, kVec> f = load_pack<kVec>(fh + i * p.dim + k);
+      Pack<scalar_t, kVec> g{};
+      if (kDamped) g = load_pack<kVec>(gh + i * p.dim + k);  // beta = 1 never reads the residuals
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        double term = double(f.v[j]);
+        if (kDamped) term -= damping * double(g.v[j]);
+        mixed[j] += alpha * term;
+      }
     }
-    x_next[e] = static_cast<scalar_t>(mixed);
+    Pack<scalar_t, kVec> out;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) out.v[j] = static_cast<scalar_t>(mixed[j]);
+    store_pack<kVec>(x_next + e, out);
   }
+}
+
+// Whether the kernels may move kVec elements per 16-byte access: every sample and history slot must start on a
+// 16-byte boundary (dim a multiple of kVec, base pointers aligned; a view with an odd offset falls back to kVec = 1).
+bool can_vectorize(int64_t dim, int64_t vec, std::initializer_list<const void*> pointers) {
+  if (dim % vec != 0) return false;
+  for (const void* pointer : pointers) {
+    if (pointer != nullptr && reinterpret_cast<uintptr_t>(pointer) % 16 != 0) return false;
+  }
+  return true;
 }
 
 // The AndersonStepRunner of this backend (anderson.h).
@@ -160,10 +211,18 @@ at::Tensor run_anderson_step(const AndersonStepParams& params, const at::Tensor&
   at::Tensor scratch = at::empty({params.batch, kScratch}, x.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "anderson_step_cuda", [&] {
     const TrackerState<scalar_t> state = tracker_state<scalar_t>(tracker);
-    const auto launch = [&](auto tracked) {
+    // 16 bytes per access where every sample and slot is 16-byte aligned (any dim % 4 == 0 float state).
+    constexpr int kWide = 16 / sizeof(scalar_t);
+    const bool wide = can_vectorize(params.dim, kWide,
+                                    {x_c.const_data_ptr(), fx_c.const_data_ptr(), g_history.const_data_ptr(),
+                                     f_history.const_data_ptr(), x_next.const_data_ptr(),
+                                     tracker ? tracker->previous.const_data_ptr() : nullptr,
+                                     tracker ? tracker->best.const_data_ptr() : nullptr});
+    const auto launch = [&](auto tracked, auto vec) {
       constexpr bool kTracked = decltype(tracked)::value;
+      constexpr int kVec = decltype(vec)::value;
       const dim3 gram_grid(static_cast<unsigned>(params.valid), static_cast<unsigned>(params.batch));
-      gram_update_kernel<scalar_t, kTracked><<<gram_grid, kReduceThreads, 0, stream>>>(
+      gram_update_kernel<scalar_t, kTracked, kVec><<<gram_grid, kReduceThreads, 0, stream>>>(
           params, x_c.const_data_ptr<scalar_t>(), fx_c.const_data_ptr<scalar_t>(),
           g_history.mutable_data_ptr<scalar_t>(), f_history.mutable_data_ptr<scalar_t>(),
           gram.mutable_data_ptr<scalar_t>(), scratch.mutable_data_ptr<double>());
@@ -172,9 +231,9 @@ at::Tensor run_anderson_step(const AndersonStepParams& params, const at::Tensor&
       solve_kernel<scalar_t, kTracked><<<solve_blocks, 128, 0, stream>>>(
           params, gram.const_data_ptr<scalar_t>(), scratch.mutable_data_ptr<double>(), options, state);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      const int64_t elements = params.batch * params.dim;
-      if (elements == 0) return;  // empty states: the Gram and tracking kernels ran (residual 0), nothing to mix
-      const int mix_blocks = static_cast<int>(std::min<int64_t>((elements + kMixThreads - 1) / kMixThreads, 65535));
+      const int64_t packs = params.batch * params.dim / kVec;
+      if (packs == 0) return;  // empty states: the Gram and tracking kernels ran (residual 0), nothing to mix
+      const int mix_blocks = static_cast<int>(std::min<int64_t>((packs + kMixThreads - 1) / kMixThreads, 65535));
       const auto launch_mix = [&](auto kernel) {
         kernel<<<mix_blocks, kMixThreads, 0, stream>>>(
             params, x_c.const_data_ptr<scalar_t>(), g_history.const_data_ptr<scalar_t>(),
@@ -183,15 +242,22 @@ at::Tensor run_anderson_step(const AndersonStepParams& params, const at::Tensor&
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       };
       if (params.beta < 1) {
-        launch_mix(mix_kernel<scalar_t, true, kTracked>);
+        launch_mix(mix_kernel<scalar_t, true, kTracked, kVec>);
       } else {
-        launch_mix(mix_kernel<scalar_t, false, kTracked>);
+        launch_mix(mix_kernel<scalar_t, false, kTracked, kVec>);
+      }
+    };
+    const auto launch_width = [&](auto tracked) {
+      if (wide) {
+        launch(tracked, std::integral_constant<int, kWide>{});
+      } else {
+        launch(tracked, std::integral_constant<int, 1>{});
       }
     };
     if (tracker) {
-      launch(std::true_type{});
+      launch_width(std::true_type{});
     } else {
-      launch(std::false_type{});
+      launch_width(std::false_type{});
     }
   });
   return x_next;
