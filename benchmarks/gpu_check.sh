@@ -114,3 +114,5 @@ fi
   grep -h -A2 -E "^crop" "$LOG"
   grep -h -E "^epoch [0-9]+:" "$LOG"
 } 2>/dev/null | tee "$LOG_DIR/summary.txt"
+# The exit status says whether every stage that ran passed (not whether the summary found each kind of line).
+! printf '%s\n' "${SUMMARY[@]}" | grep -q "FAIL"

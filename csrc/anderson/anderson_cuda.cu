@@ -15,6 +15,7 @@
 // histories, run 3 measured gram 309 us (8 passes of DRAM traffic: ~58% of the ~3 TB/s copy rate) and mix 172 us
 // (6 passes, ~78%) per step. Both kernels therefore move 16 bytes per access where alignment allows (Pack below):
 // a thread then keeps four times the bytes in flight per iteration, which is what a latency-bound stream needs.
+// Run 4 (an H200, 4.3 TB/s copy rate): gram 137 us, mix 98 us per step, ~91% and ~96% of that rate.
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
