@@ -27,6 +27,11 @@ PYTHON="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # wtext is built in place, not installed
 declare -a SUMMARY=()
 STAGES="${STAGES:-all}"
+KNOWN_STAGES="kernel_tests bench_ops bench_deq bench_deq_bf16 other_tests bench_loader train cmake_bench"
+for stage in $STAGES; do  # a misspelt stage would select nothing and pass: refuse it
+  [ "$stage" = all ] || [[ " $KNOWN_STAGES " == *" $stage "* ]] || {
+    echo "gpu_check.sh: unknown stage '$stage' in STAGES; known: $KNOWN_STAGES" >&2; exit 2; }
+done
 want() { [ "$STAGES" = all ] || [[ " $STAGES " == *" $1 "* ]]; }  # want STAGE: whether STAGES selects it
 
 step() {  # step NAME TIMEOUT_SECONDS COMMAND...: runs one stage, logs it, records pass/fail and its duration
@@ -115,4 +120,4 @@ fi
   grep -h -E "^epoch [0-9]+:" "$LOG"
 } 2>/dev/null | tee "$LOG_DIR/summary.txt"
 # The exit status says whether every stage that ran passed (not whether the summary found each kind of line).
-! printf '%s\n' "${SUMMARY[@]}" | grep -q "FAIL"
+[[ "${SUMMARY[*]}" != *FAIL* ]]
