@@ -14,7 +14,6 @@ import contextlib
 import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from timing import measure, median_ms, print_profile, print_table

@@ -12,10 +12,11 @@
 // This block layout is the one measured on an H100 (workload B, d = 131072, m = 5: gram 370 us, mix 256 us per
 // step with histories of iterates). A variant with blocks over (chunk of d, sample) and all m dot products per
 // block ran 1.7x (gram) and 2.2x (mix) slower there despite reading fewer bytes, so it was dropped. With residual
-// histories, run 3 measured gram 309 us (8 passes of DRAM traffic: ~58% of the ~3 TB/s copy rate) and mix 172 us
-// (6 passes, ~78%) per step. Both kernels therefore move 16 bytes per access where alignment allows (Pack below):
-// a thread then keeps four times the bytes in flight per iteration, which is what a latency-bound stream needs.
-// Run 4 (an H200, 4.3 TB/s copy rate): gram 137 us, mix 98 us per step, ~91% and ~96% of that rate.
+// histories, run 3 measured gram 309 us (8 passes of DRAM traffic: ~58% of KINDS.md's ~3 TB/s copy rate) and
+// mix 172 us (6 passes, ~78%) per step. Both kernels therefore move 16 bytes per access where alignment allows
+// (Pack below): a thread then keeps four times the bytes in flight per iteration, which is what a latency-bound
+// stream needs.
+// Run 4 (an H200; KINDS.md: ~4.3 TB/s copy rate): gram 137 us, mix 98 us per step, ~91% and ~96% of that rate.
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -93,8 +94,9 @@ __global__ void gram_update_kernel(const AndersonStepParams p, const scalar_t* _
     const Pack<scalar_t, kVec> f = load_pack<kVec>(fb + k);
     const Pack<scalar_t, kVec> xk = load_pack<kVec>(xb + k);
     Pack<scalar_t, kVec> g;
+    // rounded like the stored residual, so every Gram entry sees the same values
 #pragma unroll
-    for (int j = 0; j < kVec; ++j) g.v[j] = f.v[j] - xk.v[j];  // rounded like the stored residual, so every Gram entry sees the same values
+    for (int j = 0; j < kVec; ++j) g.v[j] = f.v[j] - xk.v[j];
     const Pack<scalar_t, kVec> other = newest ? g : load_pack<kVec>(gh + i * p.dim + k);
 #pragma unroll
     for (int j = 0; j < kVec; ++j) partial += double(g.v[j]) * double(other.v[j]);
