@@ -107,6 +107,20 @@ def test_backward_grad_shape_mismatch():
                                                      "multi")
 
 
+def test_masked_weight_given_to_a_backward_op_must_match():
+    x, weight, grad_out = torch.randn(2, 4, 6, 6), torch.randn(3, 4, 3, 3), torch.randn(2, 3, 6, 6)
+    tail = (0, 1, 0.5, "bernoulli", 2, 4, [1, 1], [1, 1], [1, 1], [True, True])
+    with pytest.raises(RuntimeError, match=r"masked_conv2d_backward: masked_weight must have weight's shape \[3, 4, 3, "
+                                           r"3\]; got masked_weight.shape=\[3, 4, 1, 1\]"):
+        torch.ops.wtext.masked_conv2d_backward(grad_out, x, weight, torch.randn(3, 4, 1, 1), *tail)
+    with pytest.raises(RuntimeError, match=r"masked_conv2d_backward: masked_weight must have x's dtype Float; got "
+                                           r"masked_weight.dtype=Double"):
+        torch.ops.wtext.masked_conv2d_backward(grad_out, x, weight, weight.double(), *tail)
+    with pytest.raises(RuntimeError, match=r"masked_linear_backward: masked_weight must have weight's shape \[3, 4\]"):
+        torch.ops.wtext.masked_linear_backward(torch.randn(2, 3), torch.randn(2, 4), torch.randn(3, 4),
+                                               torch.randn(4, 3), 0, 1, 0.5, "bernoulli", 2, 4, [True, True])
+
+
 def test_output_dtype_must_be_floating():
     with pytest.raises(RuntimeError, match=r"dtype must be a floating-point dtype; got dtype=Int"):
         ops.tied_masked_weights(torch.randn(4, 4), 2, 0, dtype=torch.int32)
@@ -119,6 +133,11 @@ def test_tensors_on_different_devices():
         ops.masked_conv2d(torch.randn(2, 4, 8, 8), weight)
     with pytest.raises(RuntimeError, match=r"masked_linear: bias and weight must be on the same device"):
         ops.masked_linear(torch.randn(2, 4, device="cuda"), torch.randn(3, 4, device="cuda"), torch.randn(3))
+    with pytest.raises(RuntimeError, match=r"masked_conv2d_backward: masked_weight must be on x's device cuda:0; "
+                                           r"got masked_weight.device=cpu"):
+        torch.ops.wtext.masked_conv2d_backward(torch.randn(2, 6, 8, 8, device="cuda"),
+                                               torch.randn(2, 4, 8, 8, device="cuda"), weight, torch.randn(6, 4, 3, 3),
+                                               0, 1, 0.5, "bernoulli", 2, 4, [1, 1], [1, 1], [1, 1], [True, True])
     with pytest.raises(RuntimeError, match=r"grad and weight must be on the same device"):
         torch.ops.wtext.tied_masked_weights_backward(torch.randn(1, 6, 4, 3, 3), weight, [0], 0, 0.5, "bernoulli",
                                                      2, 4, "multi")

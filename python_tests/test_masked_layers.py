@@ -136,34 +136,45 @@ def test_opcheck_conv_and_linear(device):
                               (x, weight, bias, 1, 0, 0.5, "bernoulli", 2, 4, [1, 1], [1, 1], [1, 1]))
         torch.library.opcheck(torch.ops.wtext.masked_conv2d.default,
                               (x, weight, None, 1, 3, 0.5, "nm", 2, 4, [2, 2], [0, 0], [1, 1]))
+        # the forward autograd runs when x needs a gradient; it is not differentiable itself, so no input requires grad
+        conv_args = (x.detach(), weight.detach(), bias.detach(), 1, 0, 0.5, "exact", 2, 4, [1, 1], [1, 1], [1, 1])
+        torch.library.opcheck(torch.ops.wtext.masked_conv2d_forward.default, conv_args)
+        _, masked_weight = torch.ops.wtext.masked_conv2d_forward(*conv_args)
         grad_out = torch.randn(2, 6, 7, 7, device=device)
         for output_mask in OUTPUT_MASKS:
-            torch.library.opcheck(torch.ops.wtext.masked_conv2d_backward.default,
-                                  (grad_out, x.detach(), weight.detach(), 1, 0, 0.5, "exact", 2, 4, [1, 1], [1, 1],
-                                   [1, 1], output_mask))
+            for kept in (None, masked_weight):
+                torch.library.opcheck(torch.ops.wtext.masked_conv2d_backward.default,
+                                      (grad_out, x.detach(), weight.detach(), kept, 1, 0, 0.5, "exact", 2, 4, [1, 1],
+                                       [1, 1], [1, 1], output_mask))
     x = torch.randn(2, 3, 8, device=device, requires_grad=True)
     w = torch.randn(4, 8, device=device, requires_grad=True)
     b = torch.randn(4, device=device, requires_grad=True)
     torch.library.opcheck(torch.ops.wtext.masked_linear.default, (x, w, b, 5, 1, 0.9, "bernoulli", 2, 4))
+    linear_args = (x.detach(), w.detach(), b.detach(), 5, 1, 0.9, "exact", 2, 4)
+    torch.library.opcheck(torch.ops.wtext.masked_linear_forward.default, linear_args)
+    _, masked_weight = torch.ops.wtext.masked_linear_forward(*linear_args)
     for output_mask in OUTPUT_MASKS:
-        torch.library.opcheck(torch.ops.wtext.masked_linear_backward.default,
-                              (torch.randn(2, 3, 4, device=device), x.detach(), w.detach(), 5, 1, 0.9, "exact", 2, 4,
-                               output_mask))
+        for kept in (None, masked_weight):
+            torch.library.opcheck(torch.ops.wtext.masked_linear_backward.default,
+                                  (torch.randn(2, 3, 4, device=device), x.detach(), w.detach(), kept, 5, 1, 0.9,
+                                   "exact", 2, 4, output_mask))
 
 
 OUTPUT_MASKS = ([True, True], [True, False], [False, True])
 
 
-class BackwardMasks(TorchDispatchMode):
-    """Records the output_mask of every masked layer backward op call."""
+class BackwardCalls(TorchDispatchMode):
+    """Records the output_mask and the masked_weight argument of every masked layer backward op call."""
 
     def __init__(self):
         super().__init__()
         self.masks = []
+        self.masked_weights = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func in (torch.ops.wtext.masked_conv2d_backward.default, torch.ops.wtext.masked_linear_backward.default):
             self.masks.append(list(args[-1]))
+            self.masked_weights.append(args[3])
         return func(*args, **(kwargs or {}))
 
 
@@ -183,7 +194,7 @@ def test_backward_computes_only_the_requested_gradients(device, wanted):
         inputs = {"x": (x,), "weight": (weight,), "both": (x, weight)}[wanted]
         out = ours(x, weight)
         probe = torch.randn_like(out)
-        with BackwardMasks() as recorded:
+        with BackwardCalls() as recorded:
             got = torch.autograd.grad(out, inputs, probe)
         assert recorded.masks == [expected_mask]
         for g, e in zip(got, torch.autograd.grad(reference(x, weight), inputs, probe)):
@@ -193,7 +204,7 @@ def test_backward_computes_only_the_requested_gradients(device, wanted):
 def test_backward_op_returns_none_for_gradients_not_asked_for(device):
     x, weight, _ = conv_case(device, 3, 4, 3, 6)
     grad_out = torch.randn(2, 4, 6, 6, device=device, dtype=torch.float64)
-    args = (grad_out, x.detach(), weight.detach(), 3, 1, 0.5, "exact", 2, 4, [1, 1], [1, 1], [1, 1])
+    args = (grad_out, x.detach(), weight.detach(), None, 3, 1, 0.5, "exact", 2, 4, [1, 1], [1, 1], [1, 1])
     both = torch.ops.wtext.masked_conv2d_backward(*args, [True, True])
     only_x = torch.ops.wtext.masked_conv2d_backward(*args, [True, False])
     only_weight = torch.ops.wtext.masked_conv2d_backward(*args, [False, True])
@@ -202,13 +213,61 @@ def test_backward_op_returns_none_for_gradients_not_asked_for(device):
     torch.testing.assert_close(only_x[0], both[0])
     torch.testing.assert_close(only_weight[1], both[1])
     x_lin, w_lin = torch.randn(5, 8, device=device), torch.randn(3, 8, device=device)
-    args = (torch.randn(5, 3, device=device), x_lin, w_lin, 3, 1, 0.5, "nm", 2, 4)
+    args = (torch.randn(5, 3, device=device), x_lin, w_lin, None, 3, 1, 0.5, "nm", 2, 4)
     both = torch.ops.wtext.masked_linear_backward(*args, [True, True])
     only_x = torch.ops.wtext.masked_linear_backward(*args, [True, False])
     only_weight = torch.ops.wtext.masked_linear_backward(*args, [False, True])
     assert only_x[1] is None and only_weight[0] is None
     torch.testing.assert_close(only_x[0], both[0])
     torch.testing.assert_close(only_weight[1], both[1])
+
+
+@pytest.mark.parametrize("wanted", ["x", "weight", "both"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_backward_reuses_the_masked_weight_of_the_forward(device, wanted, channels_last):
+    # Only the grad_x GEMM reads W ⊙ M. When x needs a gradient the forward keeps the masked weight it computed (in
+    # x's dtype and layout) and hands it to the backward op, which then runs no mask kernel for it; when x is frozen
+    # nothing is kept, so no weight-sized tensor waits for the backward.
+    x, weight, _ = conv_case(device, 3, 4, 3, 6, dtype=torch.float32, channels_last=channels_last)
+    x_lin = torch.randn(5, 8, device=device)
+    w_lin = torch.randn(3, 8, device=device)
+    layers = [(lambda x, w: ops.masked_conv2d(x, w, None, 3, 1, 0.5, "exact", padding=1), x.detach(),
+               weight.detach(), torch.channels_last if channels_last else torch.contiguous_format),
+              (lambda x, w: ops.masked_linear(x, w, None, 3, 1, 0.5, "exact"), x_lin, w_lin, torch.contiguous_format)]
+    for layer, x, weight, layout in layers:
+        x.requires_grad_(wanted != "weight")
+        weight.requires_grad_(wanted != "x")
+        out = layer(x, weight)
+        with BackwardCalls() as recorded:
+            out.backward(torch.randn_like(out))
+        (kept,) = recorded.masked_weights
+        if wanted == "weight":
+            assert kept is None
+        else:
+            torch.testing.assert_close(kept, effective(weight.detach(), 3, 1, 0.5, "exact", (2, 4)), rtol=0, atol=0)
+            assert kept.is_contiguous(memory_format=layout)
+
+
+def test_backward_op_uses_the_masked_weight_it_is_given(device):
+    # The op trusts masked_weight to be W ⊙ M (it is a cache, not checked against the mask): given twice that, grad_x
+    # doubles, and grad_weight, which never reads it, does not change.
+    x, weight, _ = conv_case(device, 3, 4, 3, 6, channels_last=True)
+    x, weight = x.detach(), weight.detach()
+    masked = effective(weight, 3, 1, 0.5, "exact", (2, 4)).contiguous(memory_format=torch.channels_last)
+    tail = (3, 1, 0.5, "exact", 2, 4, [1, 1], [1, 1], [1, 1], [True, True])
+    grad_out = torch.randn(2, 4, 6, 6, device=device, dtype=torch.float64)
+    regenerated = torch.ops.wtext.masked_conv2d_backward(grad_out, x, weight, None, *tail)
+    given = torch.ops.wtext.masked_conv2d_backward(grad_out, x, weight, 2 * masked, *tail)
+    torch.testing.assert_close(given[0], 2 * regenerated[0])
+    torch.testing.assert_close(given[1], regenerated[1])
+    x_lin, w_lin = torch.randn(5, 8, device=device), torch.randn(3, 8, device=device)
+    masked_lin = effective(w_lin, 3, 1, 0.5, "nm", (2, 4))
+    tail = (3, 1, 0.5, "nm", 2, 4, [True, True])
+    grad_out = torch.randn(5, 3, device=device)
+    regenerated = torch.ops.wtext.masked_linear_backward(grad_out, x_lin, w_lin, None, *tail)
+    given = torch.ops.wtext.masked_linear_backward(grad_out, x_lin, w_lin, 2 * masked_lin, *tail)
+    torch.testing.assert_close(given[0], 2 * regenerated[0])
+    torch.testing.assert_close(given[1], regenerated[1])
 
 
 @pytest.mark.parametrize("compiled", [False, True])

@@ -3,8 +3,10 @@
 // These ops run once per tied application, so their host cost is paid L times per step. Registered from Python
 // (torch.library.register_autograd) the forward+backward of one small conv cost 178 us of host time against
 // 51 us for F.conv2d (dev CPU), enough to leave a GPU idle between kernels; as a C++ autograd::Function it cost
-// 97 us when it moved here, and 64 us after the later host-path work (both dev CPU, one thread). The backward calls the registered backward op through the dispatcher, so its autograd
-// formula (wtext/ops/autograd.py) still gives double backward.
+// 97 us when it moved here, and 64 us after the later host-path work (both dev CPU, one thread). The backward
+// calls the registered backward op through the dispatcher, so its autograd formula (wtext/ops/autograd.py) still
+// gives double backward. When x needs a gradient the forward runs the *_forward op, which also returns the masked
+// weight, and the backward's grad_x GEMM reuses it instead of running the mask kernel again.
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -64,23 +66,50 @@ at::Tensor bias_gradient(AutogradContext* ctx, const at::Tensor& grad_out, at::I
   return at::sum(grad_out, reduce_dims, /*keepdim=*/false, static_cast<at::ScalarType>(bias_dtype));
 }
 
+// The signature of a layer's *_forward op: its plain forward's arguments, returning (out, masked weight).
+template <typename Signature>
+struct WithMaskedWeightOf;
+template <typename... Args>
+struct WithMaskedWeightOf<at::Tensor(Args...)> {
+  using type = std::tuple<at::Tensor, at::Tensor>(Args...);
+};
+template <typename Signature>
+using WithMaskedWeight = typename WithMaskedWeightOf<Signature>::type;
+
+// Whether the backward will run the grad_x GEMM, the one that reads W ⊙ M: only then does the forward keep the
+// masked weight (one weight-sized tensor) instead of the backward regenerating it. Decided before apply(), which
+// runs the forward with grad mode off.
+bool backward_reads_masked_weight(const at::Tensor& x) { return at::GradMode::is_enabled() && x.requires_grad(); }
+
+// A saved masked weight, or None when the forward did not keep one.
+std::optional<at::Tensor> kept(const at::Tensor& masked_weight) {
+  return masked_weight.defined() ? std::optional<at::Tensor>(masked_weight) : std::nullopt;
+}
+
 class MaskedConv2dFunction : public torch::autograd::Function<MaskedConv2dFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, int64_t seed, int64_t layer, double density,
                             c10::string_view pattern, int64_t nm_n, int64_t nm_m, at::IntArrayRef stride,
-                            at::IntArrayRef padding, at::IntArrayRef dilation) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("wtext::masked_conv2d", "")
-                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                           int64_t, int64_t, double, c10::string_view, int64_t, int64_t,
-                                           at::IntArrayRef, at::IntArrayRef, at::IntArrayRef)>();
-    at::Tensor out;
+                            at::IntArrayRef padding, at::IntArrayRef dilation, bool keep_masked_weight) {
+    using Signature = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, int64_t,
+                                 int64_t, double, c10::string_view, int64_t, int64_t, at::IntArrayRef,
+                                 at::IntArrayRef, at::IntArrayRef);
+    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("wtext::masked_conv2d", "").typed<Signature>();
+    static auto keeping_op = c10::Dispatcher::singleton()
+                                 .findSchemaOrThrow("wtext::masked_conv2d_forward", "")
+                                 .typed<WithMaskedWeight<Signature>>();
+    at::Tensor out, masked_weight;
     {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
-      out = op.call(x, weight, bias, seed, layer, density, pattern, nm_n, nm_m, stride, padding, dilation);
+      if (keep_masked_weight) {
+        std::tie(out, masked_weight) =
+            keeping_op.call(x, weight, bias, seed, layer, density, pattern, nm_n, nm_m, stride, padding, dilation);
+      } else {
+        out = op.call(x, weight, bias, seed, layer, density, pattern, nm_n, nm_m, stride, padding, dilation);
+      }
     }
-    ctx->save_for_backward({x, weight});
+    ctx->save_for_backward({x, weight, masked_weight});
     save_mask_arguments(ctx, seed, layer, density, pattern, nm_n, nm_m, bias);
     ctx->saved_data["stride"] = stride.vec();
     ctx->saved_data["padding"] = padding.vec();
@@ -91,9 +120,10 @@ class MaskedConv2dFunction : public torch::autograd::Function<MaskedConv2dFuncti
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("wtext::masked_conv2d_backward", "")
-                         .typed<LayerGradients(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
-                                               int64_t, double, c10::string_view, int64_t, int64_t, at::IntArrayRef,
-                                               at::IntArrayRef, at::IntArrayRef, std::array<bool, 2>)>();
+                         .typed<LayerGradients(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                               const std::optional<at::Tensor>&, int64_t, int64_t, double,
+                                               c10::string_view, int64_t, int64_t, at::IntArrayRef, at::IntArrayRef,
+                                               at::IntArrayRef, std::array<bool, 2>)>();
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& grad_out = grad_outputs[0];
     auto& data = ctx->saved_data;
@@ -105,14 +135,17 @@ class MaskedConv2dFunction : public torch::autograd::Function<MaskedConv2dFuncti
     at::Tensor grad_x, grad_weight;
     if (output_mask[0] || output_mask[1]) {
       std::tie(grad_x, grad_weight) = unpack(call_backward_op([&] {
-        return op.call(grad_out, saved[0], saved[1], data["seed"].toInt(), data["layer"].toInt(),
+        return op.call(grad_out, saved[0], saved[1], kept(saved[2]), data["seed"].toInt(), data["layer"].toInt(),
                        data["density"].toDouble(), pattern, data["nm_n"].toInt(), data["nm_m"].toInt(), stride,
                        padding, dilation, output_mask);
       }));
     }
     const std::array<int64_t, 3> reduce_dims{0, 2, 3};
-    return {grad_x, grad_weight, bias_gradient(ctx, grad_out, reduce_dims), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {grad_x,       grad_weight,  bias_gradient(ctx, grad_out, reduce_dims),
+            at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
   }
 };
 
@@ -120,17 +153,23 @@ class MaskedLinearFunction : public torch::autograd::Function<MaskedLinearFuncti
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, int64_t seed, int64_t layer, double density,
-                            c10::string_view pattern, int64_t nm_n, int64_t nm_m) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("wtext::masked_linear", "")
-                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                           int64_t, int64_t, double, c10::string_view, int64_t, int64_t)>();
-    at::Tensor out;
+                            c10::string_view pattern, int64_t nm_n, int64_t nm_m, bool keep_masked_weight) {
+    using Signature = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, int64_t,
+                                 int64_t, double, c10::string_view, int64_t, int64_t);
+    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("wtext::masked_linear", "").typed<Signature>();
+    static auto keeping_op = c10::Dispatcher::singleton()
+                                 .findSchemaOrThrow("wtext::masked_linear_forward", "")
+                                 .typed<WithMaskedWeight<Signature>>();
+    at::Tensor out, masked_weight;
     {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
-      out = op.call(x, weight, bias, seed, layer, density, pattern, nm_n, nm_m);
+      if (keep_masked_weight) {
+        std::tie(out, masked_weight) = keeping_op.call(x, weight, bias, seed, layer, density, pattern, nm_n, nm_m);
+      } else {
+        out = op.call(x, weight, bias, seed, layer, density, pattern, nm_n, nm_m);
+      }
     }
-    ctx->save_for_backward({x, weight});
+    ctx->save_for_backward({x, weight, masked_weight});
     save_mask_arguments(ctx, seed, layer, density, pattern, nm_n, nm_m, bias);
     return out;
   }
@@ -138,9 +177,9 @@ class MaskedLinearFunction : public torch::autograd::Function<MaskedLinearFuncti
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("wtext::masked_linear_backward", "")
-                         .typed<LayerGradients(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
-                                               int64_t, double, c10::string_view, int64_t, int64_t,
-                                               std::array<bool, 2>)>();
+                         .typed<LayerGradients(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                               const std::optional<at::Tensor>&, int64_t, int64_t, double,
+                                               c10::string_view, int64_t, int64_t, std::array<bool, 2>)>();
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& grad_out = grad_outputs[0];
     auto& data = ctx->saved_data;
@@ -149,14 +188,16 @@ class MaskedLinearFunction : public torch::autograd::Function<MaskedLinearFuncti
     at::Tensor grad_x, grad_weight;
     if (output_mask[0] || output_mask[1]) {
       std::tie(grad_x, grad_weight) = unpack(call_backward_op([&] {
-        return op.call(grad_out, saved[0], saved[1], data["seed"].toInt(), data["layer"].toInt(),
+        return op.call(grad_out, saved[0], saved[1], kept(saved[2]), data["seed"].toInt(), data["layer"].toInt(),
                        data["density"].toDouble(), pattern, data["nm_n"].toInt(), data["nm_m"].toInt(), output_mask);
       }));
     }
     std::vector<int64_t> reduce_dims(static_cast<size_t>(std::max<int64_t>(grad_out.dim() - 1, 0)));
     for (size_t d = 0; d < reduce_dims.size(); ++d) reduce_dims[d] = static_cast<int64_t>(d);
-    return {grad_x,      grad_weight, bias_gradient(ctx, grad_out, reduce_dims),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {grad_x,       grad_weight,  bias_gradient(ctx, grad_out, reduce_dims),
+            at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
   }
 };
 
@@ -165,13 +206,14 @@ at::Tensor masked_conv2d_autograd(const at::Tensor& x, const at::Tensor& weight,
                                   int64_t nm_m, at::IntArrayRef stride, at::IntArrayRef padding,
                                   at::IntArrayRef dilation) {
   return MaskedConv2dFunction::apply(x, weight, bias, seed, layer, density, pattern, nm_n, nm_m, stride, padding,
-                                     dilation);
+                                     dilation, backward_reads_masked_weight(x));
 }
 
 at::Tensor masked_linear_autograd(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                   int64_t seed, int64_t layer, double density, c10::string_view pattern, int64_t nm_n,
                                   int64_t nm_m) {
-  return MaskedLinearFunction::apply(x, weight, bias, seed, layer, density, pattern, nm_n, nm_m);
+  return MaskedLinearFunction::apply(x, weight, bias, seed, layer, density, pattern, nm_n, nm_m,
+                                     backward_reads_masked_weight(x));
 }
 
 }  // namespace

@@ -1,10 +1,12 @@
 // Masked 2-d convolution: conv2d(x, W ⊙ M_layer) with the mask derived on the device, never stored.
 //
 // This first version materializes the masked weight (one small fused mask+cast kernel, written directly in x's
-// dtype and layout) and hands it to the backend's convolution (cuDNN on CUDA, oneDNN/native on CPU); in backward
-// one kernel masks the weight gradient, reading it in place in the layout the backend returns. The forward and
-// backward are ops of their own, registered per dispatch key, so a direct implicit-GEMM kernel that applies the
-// mask while loading weight tiles can replace the CUDA registration without touching the schema or the Python side.
+// dtype and layout) and hands it to the backend's convolution (cuDNN on CUDA, oneDNN/native on CPU). Under autograd
+// the masked weight is kept for the backward's grad_x GEMM when x needs a gradient (the mask itself is never
+// stored); in backward one kernel masks the weight gradient, reading it in place in the layout the backend
+// returns. The forward and backward are ops of their own, registered per dispatch key, so a direct implicit-GEMM
+// kernel that applies the mask while loading weight tiles can replace the CUDA registration without touching the
+// schema or the Python side.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -31,9 +33,12 @@ void check_conv_arguments(const at::Tensor& x, const at::Tensor& weight, const s
               weight.sizes());
   TORCH_CHECK(x.size(1) == weight.size(1), "masked_conv2d: x has C=", x.size(1), " channels but weight expects in=",
               weight.size(1), " (weight.shape=", weight.sizes(), ", x.shape=", x.sizes(), "; groups=1 only)");
-  TORCH_CHECK(stride.size() == 2 && stride[0] >= 1 && stride[1] >= 1, "masked_conv2d: stride must be two ints >= 1; got stride=", stride);
-  TORCH_CHECK(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0, "masked_conv2d: padding must be two ints >= 0; got padding=", padding);
-  TORCH_CHECK(dilation.size() == 2 && dilation[0] >= 1 && dilation[1] >= 1, "masked_conv2d: dilation must be two ints >= 1; got dilation=", dilation);
+  TORCH_CHECK(stride.size() == 2 && stride[0] >= 1 && stride[1] >= 1,
+              "masked_conv2d: stride must be two ints >= 1; got stride=", stride);
+  TORCH_CHECK(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0,
+              "masked_conv2d: padding must be two ints >= 0; got padding=", padding);
+  TORCH_CHECK(dilation.size() == 2 && dilation[0] >= 1 && dilation[1] >= 1,
+              "masked_conv2d: dilation must be two ints >= 1; got dilation=", dilation);
   for (int d = 0; d < 2; ++d) {
     const int64_t extent = x.size(2 + d) + 2 * padding[d] - dilation[d] * (weight.size(2 + d) - 1);
     TORCH_CHECK(extent >= 1, "masked_conv2d: the padded input (", x.size(2 + d), " + 2*", padding[d],
@@ -42,28 +47,61 @@ void check_conv_arguments(const at::Tensor& x, const at::Tensor& weight, const s
   }
 }
 
+// W ⊙ M in x's dtype and layout: matching x's layout avoids a weight reorder inside the convolution backend.
+at::Tensor masked_conv_weight(const at::Tensor& x, const at::Tensor& weight, int64_t seed, int64_t layer,
+                              double density, c10::string_view pattern, int64_t nm_n, int64_t nm_m) {
+  return MaskedLayerWeight(weight, seed, layer, density, std::string(pattern), nm_n, nm_m)
+      .masked(x.scalar_type(), layer_memory_format(x));
+}
+
+at::Tensor convolve(const at::Tensor& x, const at::Tensor& masked_weight, const std::optional<at::Tensor>& bias,
+                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  std::optional<at::Tensor> b;
+  if (bias.has_value()) b = bias->to(x.scalar_type());
+  return at::conv2d(x, masked_weight, b, stride, padding, dilation, 1).contiguous(layer_memory_format(x));
+}
+
 at::Tensor masked_conv2d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                          int64_t seed, int64_t layer, double density, c10::string_view pattern, int64_t nm_n,
                          int64_t nm_m, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   check_conv_arguments(x, weight, bias, stride, padding, dilation);
-  // Matching x's layout avoids a weight reorder inside the convolution backend.
-  const at::Tensor w = MaskedLayerWeight(weight, seed, layer, density, std::string(pattern), nm_n, nm_m)
-                           .masked(x.scalar_type(), layer_memory_format(x));
-  std::optional<at::Tensor> b;
-  if (bias.has_value()) b = bias->to(x.scalar_type());
-  return at::conv2d(x, w, b, stride, padding, dilation, 1).contiguous(layer_memory_format(x));
+  return convolve(x, masked_conv_weight(x, weight, seed, layer, density, pattern, nm_n, nm_m), bias, stride, padding,
+                  dilation);
+}
+
+// The forward as autograd runs it when x needs a gradient: it also returns the masked weight, so the backward's
+// grad_x GEMM reuses it instead of regenerating it (one mask kernel and launch fewer per backward; a DEQ's adjoint
+// solve runs ~20 backward passes through one forward). Costs one weight-sized tensor kept until the backward.
+std::tuple<at::Tensor, at::Tensor> masked_conv2d_forward(const at::Tensor& x, const at::Tensor& weight,
+                                                         const std::optional<at::Tensor>& bias, int64_t seed,
+                                                         int64_t layer, double density, c10::string_view pattern,
+                                                         int64_t nm_n, int64_t nm_m, at::IntArrayRef stride,
+                                                         at::IntArrayRef padding, at::IntArrayRef dilation) {
+  check_conv_arguments(x, weight, bias, stride, padding, dilation);
+  at::Tensor w = masked_conv_weight(x, weight, seed, layer, density, pattern, nm_n, nm_m);
+  at::Tensor out = convolve(x, w, bias, stride, padding, dilation);
+  return {std::move(out), std::move(w)};
 }
 
 LayerGradients masked_conv2d_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
-                                      int64_t seed, int64_t layer, double density, c10::string_view pattern,
-                                      int64_t nm_n, int64_t nm_m, at::IntArrayRef stride, at::IntArrayRef padding,
-                                      at::IntArrayRef dilation, std::array<bool, 2> output_mask) {
+                                      const std::optional<at::Tensor>& masked_weight, int64_t seed, int64_t layer,
+                                      double density, c10::string_view pattern, int64_t nm_n, int64_t nm_m,
+                                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                      std::array<bool, 2> output_mask) {
   check_conv_arguments(x, weight, std::nullopt, stride, padding, dilation);
+  check_masked_weight("masked_conv2d_backward", masked_weight, x, weight);
   LayerGradients gradients;
   if (!output_mask[0] && !output_mask[1]) return gradients;
   const at::MemoryFormat format = layer_memory_format(x);
   const MaskedLayerWeight mask(weight, seed, layer, density, std::string(pattern), nm_n, nm_m);
-  const at::Tensor w = mask.masked(x.scalar_type(), format);
+  // grad_x is the only GEMM that reads the weight's values; the weight gradient needs its shape and layout alone,
+  // so without grad_x an uninitialized tensor stands in and no mask kernel runs.
+  at::Tensor w;
+  if (!output_mask[0]) {
+    w = at::empty(weight.sizes(), x.options().memory_format(format));
+  } else {
+    w = masked_weight.has_value() ? *masked_weight : mask.masked(x.scalar_type(), format);
+  }
   const std::array<int64_t, 2> no_output_padding{0, 0};
   // Only the requested GEMMs run: a DEQ's adjoint solve asks for grad_x alone in every iteration, a frozen weight
   // or a network's first layer for one of the two.
@@ -81,21 +119,28 @@ TORCH_LIBRARY_FRAGMENT(wtext, m) {
   m.def(
       "masked_conv2d(Tensor x, Tensor weight, Tensor? bias, int seed, int layer, float density, str pattern, "
       "int nm_n, int nm_m, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
+  // Internal: the forward that also returns the masked weight, called by masked_conv2d's autograd kernel below
+  // autograd (it has no autograd of its own). masked_weight in the backward is that tensor, or None to regenerate it.
   m.def(
-      "masked_conv2d_backward(Tensor grad_out, Tensor x, Tensor weight, int seed, int layer, float density, "
-      "str pattern, int nm_n, int nm_m, int[2] stride, int[2] padding, int[2] dilation, bool[2] output_mask) "
-      "-> (Tensor?, Tensor?)");
+      "masked_conv2d_forward(Tensor x, Tensor weight, Tensor? bias, int seed, int layer, float density, str pattern, "
+      "int nm_n, int nm_m, int[2] stride, int[2] padding, int[2] dilation) -> (Tensor, Tensor)");
+  m.def(
+      "masked_conv2d_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? masked_weight, int seed, int layer, "
+      "float density, str pattern, int nm_n, int nm_m, int[2] stride, int[2] padding, int[2] dilation, "
+      "bool[2] output_mask) -> (Tensor?, Tensor?)");
 }
 
 // The body only calls other ops, so one implementation serves every backend; a CUDA-specific fused kernel would
 // replace the CUDA registration below.
 TORCH_LIBRARY_IMPL(wtext, CPU, m) {
   m.impl("masked_conv2d", &masked_conv2d);
+  m.impl("masked_conv2d_forward", &masked_conv2d_forward);
   m.impl("masked_conv2d_backward", &masked_conv2d_backward);
 }
 
 TORCH_LIBRARY_IMPL(wtext, CUDA, m) {
   m.impl("masked_conv2d", &masked_conv2d);
+  m.impl("masked_conv2d_forward", &masked_conv2d_forward);
   m.impl("masked_conv2d_backward", &masked_conv2d_backward);
 }
 

@@ -1,6 +1,7 @@
 // Masked linear layer: x @ (W ⊙ M_layer)^T + b with the mask derived on the device, never stored.
-// Like masked_conv2d, this version materializes the masked weight once (fused mask+cast) and calls the backend
-// GEMM; its registration per dispatch key leaves room for a fused CUDA kernel.
+// Like masked_conv2d, this version materializes the masked weight once (fused mask+cast), keeps it for the
+// backward when x needs a gradient, and calls the backend GEMM; its registration per dispatch key leaves room for a
+// fused CUDA kernel.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -20,27 +21,49 @@ void check_linear_arguments(const at::Tensor& x, const at::Tensor& weight, const
               weight.size(1), " (weight.shape=", weight.sizes(), "); got x.shape=", x.sizes());
 }
 
+at::Tensor masked_linear_weight(const at::Tensor& x, const at::Tensor& weight, int64_t seed, int64_t layer,
+                                double density, c10::string_view pattern, int64_t nm_n, int64_t nm_m) {
+  return MaskedLayerWeight(weight, seed, layer, density, std::string(pattern), nm_n, nm_m)
+      .masked(x.scalar_type(), at::MemoryFormat::Contiguous);
+}
+
+at::Tensor multiply(const at::Tensor& x, const at::Tensor& masked_weight, const std::optional<at::Tensor>& bias) {
+  std::optional<at::Tensor> b;
+  if (bias.has_value()) b = bias->to(x.scalar_type());
+  return at::linear(x, masked_weight, b).contiguous();
+}
+
 at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                          int64_t seed, int64_t layer, double density, c10::string_view pattern, int64_t nm_n,
                          int64_t nm_m) {
   check_linear_arguments(x, weight, bias);
-  const at::Tensor w = MaskedLayerWeight(weight, seed, layer, density, std::string(pattern), nm_n, nm_m)
-                           .masked(x.scalar_type(), at::MemoryFormat::Contiguous);
-  std::optional<at::Tensor> b;
-  if (bias.has_value()) b = bias->to(x.scalar_type());
-  return at::linear(x, w, b).contiguous();
+  return multiply(x, masked_linear_weight(x, weight, seed, layer, density, pattern, nm_n, nm_m), bias);
+}
+
+// As masked_conv2d_forward: the forward autograd runs when x needs a gradient, returning the masked weight too.
+std::tuple<at::Tensor, at::Tensor> masked_linear_forward(const at::Tensor& x, const at::Tensor& weight,
+                                                         const std::optional<at::Tensor>& bias, int64_t seed,
+                                                         int64_t layer, double density, c10::string_view pattern,
+                                                         int64_t nm_n, int64_t nm_m) {
+  check_linear_arguments(x, weight, bias);
+  at::Tensor w = masked_linear_weight(x, weight, seed, layer, density, pattern, nm_n, nm_m);
+  at::Tensor out = multiply(x, w, bias);
+  return {std::move(out), std::move(w)};
 }
 
 LayerGradients masked_linear_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
-                                      int64_t seed, int64_t layer, double density, c10::string_view pattern,
-                                      int64_t nm_n, int64_t nm_m, std::array<bool, 2> output_mask) {
+                                      const std::optional<at::Tensor>& masked_weight, int64_t seed, int64_t layer,
+                                      double density, c10::string_view pattern, int64_t nm_n, int64_t nm_m,
+                                      std::array<bool, 2> output_mask) {
   check_linear_arguments(x, weight, std::nullopt);
+  check_masked_weight("masked_linear_backward", masked_weight, x, weight);
   LayerGradients gradients;
   if (!output_mask[0] && !output_mask[1]) return gradients;
   const at::Tensor grad_rows = grad_out.to(x.scalar_type()).reshape({-1, weight.size(0)});
   const MaskedLayerWeight mask(weight, seed, layer, density, std::string(pattern), nm_n, nm_m);
   if (output_mask[0]) {
-    const at::Tensor w = mask.masked(x.scalar_type(), at::MemoryFormat::Contiguous);
+    const at::Tensor w =
+        masked_weight.has_value() ? *masked_weight : mask.masked(x.scalar_type(), at::MemoryFormat::Contiguous);
     std::get<0>(gradients) = at::mm(grad_rows, w).reshape(x.sizes()).contiguous();
   }
   if (output_mask[1]) std::get<1>(gradients) = mask.gradient(at::mm(grad_rows.t(), x.reshape({-1, weight.size(1)})));
@@ -53,18 +76,24 @@ TORCH_LIBRARY_FRAGMENT(wtext, m) {
   m.def(
       "masked_linear(Tensor x, Tensor weight, Tensor? bias, int seed, int layer, float density, str pattern, "
       "int nm_n, int nm_m) -> Tensor");
+  // Internal, as masked_conv2d_forward: the forward that also returns the masked weight, for the autograd kernel.
   m.def(
-      "masked_linear_backward(Tensor grad_out, Tensor x, Tensor weight, int seed, int layer, float density, "
-      "str pattern, int nm_n, int nm_m, bool[2] output_mask) -> (Tensor?, Tensor?)");
+      "masked_linear_forward(Tensor x, Tensor weight, Tensor? bias, int seed, int layer, float density, str pattern, "
+      "int nm_n, int nm_m) -> (Tensor, Tensor)");
+  m.def(
+      "masked_linear_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? masked_weight, int seed, int layer, "
+      "float density, str pattern, int nm_n, int nm_m, bool[2] output_mask) -> (Tensor?, Tensor?)");
 }
 
 TORCH_LIBRARY_IMPL(wtext, CPU, m) {
   m.impl("masked_linear", &masked_linear);
+  m.impl("masked_linear_forward", &masked_linear_forward);
   m.impl("masked_linear_backward", &masked_linear_backward);
 }
 
 TORCH_LIBRARY_IMPL(wtext, CUDA, m) {
   m.impl("masked_linear", &masked_linear);
+  m.impl("masked_linear_forward", &masked_linear_forward);
   m.impl("masked_linear_backward", &masked_linear_backward);
 }
 

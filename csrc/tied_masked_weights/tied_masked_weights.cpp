@@ -201,4 +201,15 @@ void check_layer_inputs(const char* op, const at::Tensor& x, const at::Tensor& w
   }
 }
 
+void check_masked_weight(const char* op, const std::optional<at::Tensor>& masked_weight, const at::Tensor& x,
+                         const at::Tensor& weight) {
+  if (!masked_weight.has_value()) return;
+  TORCH_CHECK(masked_weight->sizes() == weight.sizes(), op, ": masked_weight must have weight's shape ",
+              weight.sizes(), "; got masked_weight.shape=", masked_weight->sizes());
+  TORCH_CHECK(masked_weight->scalar_type() == x.scalar_type(), op, ": masked_weight must have x's dtype ",
+              x.scalar_type(), "; got masked_weight.dtype=", masked_weight->scalar_type());
+  TORCH_CHECK(masked_weight->device() == x.device(), op, ": masked_weight must be on x's device ", x.device(),
+              "; got masked_weight.device=", masked_weight->device());
+}
+
 }  // namespace wtext

@@ -76,7 +76,8 @@ class MaskedLayerWeight {
                     int64_t nm_n, int64_t nm_m);
 
   // W ⊙ M written by one kernel directly in `dtype` and `format` (Contiguous, or ChannelsLast for a 4-d weight, so
-  // a channels_last convolution needs no weight reorder). The ops regenerate it in backward instead of saving it.
+  // a channels_last convolution needs no weight reorder). The layer ops keep it for the backward only when x needs a
+  // gradient (the one GEMM that reads it); the stacked tied views are never kept (see tied_masked_weights).
   at::Tensor masked(at::ScalarType dtype, at::MemoryFormat format) const;
 
   // dW = grad_effective_weight ⊙ M, in weight's dtype (the single-layer case of the fused reduction). A
@@ -92,6 +93,11 @@ class MaskedLayerWeight {
 // Checks shared by the masked layer ops: floating x, same device for x/weight/bias, bias of shape [out].
 void check_layer_inputs(const char* op, const at::Tensor& x, const at::Tensor& weight,
                         const std::optional<at::Tensor>& bias);
+
+// Checks a masked layer backward op's masked_weight (the forward's W ⊙ M, reused for grad_x): weight's shape, x's
+// dtype and device; errors name the argument and the value. None passes (the backward regenerates it).
+void check_masked_weight(const char* op, const std::optional<at::Tensor>& masked_weight, const at::Tensor& x,
+                         const at::Tensor& weight);
 
 // (grad_x, grad_weight) of a masked layer's backward op; an entry its output_mask did not ask for is left empty
 // (None in Python), so its GEMM never runs.

@@ -35,8 +35,10 @@ torch.library.register_autograd(
 # so, for incoming gradients gg_x and gg_W,
 #   d/dg = layer(gg_x, W) + layer(x, gg_W),  d/dx = backward(g, x, gg_W).grad_x,  d/dW = backward(g, gg_x, W).grad_W
 # where each backward call asks (output_mask) for the one gradient it uses.
+# masked_weight (the forward's W ⊙ M, kept when x needs a gradient) is a cache of M ⊙ weight, not an input of its
+# own: the formulas below differentiate through weight, and the backward calls they make pass None for it.
 def _layer_backward_setup_context(ctx, inputs, output):
-    grad_out, x, weight, *layer_args, _output_mask = inputs  # each double-backward call sets its own
+    grad_out, x, weight, _masked_weight, *layer_args, _output_mask = inputs  # each double-backward call sets its own
     ctx.layer_args = layer_args
     ctx.save_for_backward(grad_out, x, weight)
 
@@ -44,7 +46,8 @@ def _layer_backward_setup_context(ctx, inputs, output):
 def _double_backward(ctx, grad_grad_x, grad_grad_weight, forward_op, backward_op):
     grad_out, x, weight = ctx.saved_tensors
     args = ctx.layer_args
-    # forward ops take (x, weight, bias, *mask_args, *geometry); backward ops take (g, x, weight, *args, output_mask).
+    # forward ops take (x, weight, bias, *mask_args, *geometry); backward ops take
+    # (g, x, weight, masked_weight, *args, output_mask).
     mask_args, geometry = args[:6], args[6:]
     # gradients the forward did not return (output_mask) arrive as None, like unused ones
     d_grad_out = d_x = d_weight = None
@@ -56,10 +59,10 @@ def _double_backward(ctx, grad_grad_x, grad_grad_weight, forward_op, backward_op
             terms.append(forward_op(x, grad_grad_weight, None, *mask_args, *geometry))
         d_grad_out = sum(terms) if terms else None
     if ctx.needs_input_grad[1] and grad_grad_weight is not None:
-        d_x = backward_op(grad_out, x, grad_grad_weight, *args, [True, False])[0]
+        d_x = backward_op(grad_out, x, grad_grad_weight, None, *args, [True, False])[0]
     if ctx.needs_input_grad[2] and grad_grad_x is not None:
-        d_weight = backward_op(grad_out, grad_grad_x, weight, *args, [False, True])[1]
-    return (d_grad_out, d_x, d_weight) + (None,) * (len(args) + 1)
+        d_weight = backward_op(grad_out, grad_grad_x, weight, None, *args, [False, True])[1]
+    return (d_grad_out, d_x, d_weight, None) + (None,) * (len(args) + 1)
 
 
 def _conv_double_backward(ctx, grad_grad_x, grad_grad_weight):

@@ -1,7 +1,7 @@
 """Fake (meta) kernels: output shapes, dtypes and layouts of every wtext op, so torch.compile can trace them.
 
-The layout rule mirrors layer_memory_format() in csrc/masked_conv2d/masked_conv2d.cpp: outputs and input
-gradients of a layer are channels_last exactly when x is channels_last-contiguous and not plain-contiguous; the
+The layout rule mirrors layer_memory_format() in csrc/masked_conv2d/masked_conv2d.cpp: outputs, input
+gradients and the kept masked weight of a layer are channels_last exactly when x is channels_last-contiguous and not plain-contiguous; the
 views of tied_masked_weights follow the same rule applied to the weight (csrc/tied_masked_weights).
 """
 
@@ -50,9 +50,15 @@ def _masked_conv2d_fake(x, weight, bias, seed, layer, density, pattern, nm_n, nm
     return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layer_memory_format(x))
 
 
+@torch.library.register_fake("wtext::masked_conv2d_forward")
+def _masked_conv2d_forward_fake(x, weight, bias, *args):
+    masked_weight = torch.empty(weight.shape, dtype=x.dtype, device=x.device, memory_format=layer_memory_format(x))
+    return _masked_conv2d_fake(x, weight, bias, *args), masked_weight
+
+
 @torch.library.register_fake("wtext::masked_conv2d_backward")
-def _masked_conv2d_backward_fake(grad_out, x, weight, seed, layer, density, pattern, nm_n, nm_m, stride, padding,
-                                 dilation, output_mask):
+def _masked_conv2d_backward_fake(grad_out, x, weight, masked_weight, seed, layer, density, pattern, nm_n, nm_m, stride,
+                                 padding, dilation, output_mask):
     grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=layer_memory_format(x))
     return grad_x if output_mask[0] else None, weight.new_empty(weight.shape) if output_mask[1] else None
 
@@ -62,8 +68,14 @@ def _masked_linear_fake(x, weight, bias, seed, layer, density, pattern, nm_n, nm
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
+@torch.library.register_fake("wtext::masked_linear_forward")
+def _masked_linear_forward_fake(x, weight, bias, *args):
+    return _masked_linear_fake(x, weight, bias, *args), weight.new_empty(weight.shape, dtype=x.dtype)
+
+
 @torch.library.register_fake("wtext::masked_linear_backward")
-def _masked_linear_backward_fake(grad_out, x, weight, seed, layer, density, pattern, nm_n, nm_m, output_mask):
+def _masked_linear_backward_fake(grad_out, x, weight, masked_weight, seed, layer, density, pattern, nm_n, nm_m,
+                                 output_mask):
     return x.new_empty(x.shape) if output_mask[0] else None, weight.new_empty(weight.shape) if output_mask[1] else None
 
 

@@ -107,7 +107,8 @@ def masked_conv2d(
     """conv2d(x, W ⊙ M_layer, bias): x [N, C, H, W] (contiguous or channels_last), weight [out, C, kh, kw], groups=1.
 
     The weight may be kept in a wider dtype than x (e.g. float32 master weight, bfloat16 activations): the masked
-    weight is produced directly in x's dtype. The output has x's dtype and layout.
+    weight is produced directly in x's dtype. The output has x's dtype and layout. When x needs a gradient, the
+    masked weight is kept for the backward (one weight-sized tensor in x's dtype) instead of being regenerated.
     """
     n, m = _nm_pair(nm)
     return torch.ops.wtext.masked_conv2d(
