@@ -1,5 +1,7 @@
 """masked_conv2d and masked_linear against PyTorch's conv2d/linear on W ⊙ M, forward and backward."""
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -136,7 +138,7 @@ def test_opcheck_conv_and_linear(device):
                               (x, weight, bias, 1, 0, 0.5, "bernoulli", 2, 4, [1, 1], [1, 1], [1, 1]))
         torch.library.opcheck(torch.ops.wtext.masked_conv2d.default,
                               (x, weight, None, 1, 3, 0.5, "nm", 2, 4, [2, 2], [0, 0], [1, 1]))
-        # the forward autograd runs when x needs a gradient; it is not differentiable itself, so no input requires grad
+        # the forward the autograd kernel runs when x needs a gradient; not differentiable itself: no input needs grad
         conv_args = (x.detach(), weight.detach(), bias.detach(), 1, 0, 0.5, "exact", 2, 4, [1, 1], [1, 1], [1, 1])
         torch.library.opcheck(torch.ops.wtext.masked_conv2d_forward.default, conv_args)
         _, masked_weight = torch.ops.wtext.masked_conv2d_forward(*conv_args)
@@ -201,13 +203,31 @@ def test_backward_computes_only_the_requested_gradients(device, wanted):
             torch.testing.assert_close(g, e)
 
 
+@contextlib.contextmanager
+def uninitialized_memory_filled():
+    """Uninitialized tensors (at::empty) come back NaN-filled, so a kernel that reads one shows in its result."""
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.utils.deterministic.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.utils.deterministic.fill_uninitialized_memory = previous[2]
+
+
 def test_backward_op_returns_none_for_gradients_not_asked_for(device):
     x, weight, _ = conv_case(device, 3, 4, 3, 6)
     grad_out = torch.randn(2, 4, 6, 6, device=device, dtype=torch.float64)
     args = (grad_out, x.detach(), weight.detach(), None, 3, 1, 0.5, "exact", 2, 4, [1, 1], [1, 1], [1, 1])
     both = torch.ops.wtext.masked_conv2d_backward(*args, [True, True])
     only_x = torch.ops.wtext.masked_conv2d_backward(*args, [True, False])
-    only_weight = torch.ops.wtext.masked_conv2d_backward(*args, [False, True])
+    # A weight-only backward hands the convolution an uninitialized stand-in for W ⊙ M (only its shape and layout
+    # count); filled with NaN, it must not reach the gradient. (Without the fill, the allocator could hand back the
+    # block of the masked weight just freed, still holding W ⊙ M, and a backend reading it would go unnoticed.)
+    with uninitialized_memory_filled():
+        only_weight = torch.ops.wtext.masked_conv2d_backward(*args, [False, True])
     assert only_x[1] is None and only_weight[0] is None
     assert torch.ops.wtext.masked_conv2d_backward(*args, [False, False]) == (None, None)
     torch.testing.assert_close(only_x[0], both[0])
@@ -222,30 +242,82 @@ def test_backward_op_returns_none_for_gradients_not_asked_for(device):
     torch.testing.assert_close(only_weight[1], both[1])
 
 
+def kept_weight_cases(device, case):
+    """(layer, x, weight, expected layout of the kept masked weight) for a conv, a channels_last conv, a linear."""
+    if case == "linear":
+        return (lambda x, w: ops.masked_linear(x, w, None, 3, 1, 0.5, "exact"), torch.randn(5, 8, device=device),
+                torch.randn(3, 8, device=device), torch.contiguous_format)
+    channels_last = case == "conv_channels_last"
+    x, weight, _ = conv_case(device, 3, 4, 3, 6, dtype=torch.float32, channels_last=channels_last)
+    return (lambda x, w: ops.masked_conv2d(x, w, None, 3, 1, 0.5, "exact", padding=1), x.detach(), weight.detach(),
+            torch.channels_last if channels_last else torch.contiguous_format)
+
+
 @pytest.mark.parametrize("wanted", ["x", "weight", "both"])
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_backward_reuses_the_masked_weight_of_the_forward(device, wanted, channels_last):
+@pytest.mark.parametrize("case", ["conv", "conv_channels_last", "linear"])
+def test_backward_reuses_the_masked_weight_of_the_forward(device, wanted, case):
     # Only the grad_x GEMM reads W ⊙ M. When x needs a gradient the forward keeps the masked weight it computed (in
     # x's dtype and layout) and hands it to the backward op, which then runs no mask kernel for it; when x is frozen
     # nothing is kept, so no weight-sized tensor waits for the backward.
-    x, weight, _ = conv_case(device, 3, 4, 3, 6, dtype=torch.float32, channels_last=channels_last)
-    x_lin = torch.randn(5, 8, device=device)
-    w_lin = torch.randn(3, 8, device=device)
-    layers = [(lambda x, w: ops.masked_conv2d(x, w, None, 3, 1, 0.5, "exact", padding=1), x.detach(),
-               weight.detach(), torch.channels_last if channels_last else torch.contiguous_format),
-              (lambda x, w: ops.masked_linear(x, w, None, 3, 1, 0.5, "exact"), x_lin, w_lin, torch.contiguous_format)]
-    for layer, x, weight, layout in layers:
-        x.requires_grad_(wanted != "weight")
-        weight.requires_grad_(wanted != "x")
-        out = layer(x, weight)
+    layer, x, weight, layout = kept_weight_cases(device, case)
+    x.requires_grad_(wanted != "weight")
+    weight.requires_grad_(wanted != "x")
+    out = layer(x, weight)
+    with BackwardCalls() as recorded:
+        out.backward(torch.randn_like(out))
+    (kept,) = recorded.masked_weights
+    if wanted == "weight":
+        assert kept is None
+    else:
+        torch.testing.assert_close(kept, effective(weight.detach(), 3, 1, 0.5, "exact", (2, 4)), rtol=0, atol=0)
+        assert kept.is_contiguous(memory_format=layout)
+
+
+def test_a_large_weight_is_kept_only_when_x_is_larger(device):
+    # The kept W ⊙ M must not outweigh what the layer saves anyway (x): a wide linear layer (over 2^20 weights, the
+    # size kept regardless) fed a few rows regenerates the masked weight instead, with the same gradients; fed as
+    # many elements as its weight has, it keeps it.
+    weight = torch.randn(1025, 1024, device=device, requires_grad=True)
+    for rows, keeps in ((2, False), (1025, True)):
+        x = torch.randn(rows, 1024, device=device, requires_grad=True)
+        out = ops.masked_linear(x, weight, None, 3, 1, 0.5)
+        probe = torch.randn_like(out)
         with BackwardCalls() as recorded:
-            out.backward(torch.randn_like(out))
+            got = torch.autograd.grad(out, (x, weight), probe)
         (kept,) = recorded.masked_weights
-        if wanted == "weight":
-            assert kept is None
-        else:
-            torch.testing.assert_close(kept, effective(weight.detach(), 3, 1, 0.5, "exact", (2, 4)), rtol=0, atol=0)
-            assert kept.is_contiguous(memory_format=layout)
+        assert (kept is not None) == keeps
+        expected = F.linear(x, effective(weight, 3, 1, 0.5, "bernoulli", (2, 4)))
+        for g, e in zip(got, torch.autograd.grad(expected, (x, weight), probe)):
+            torch.testing.assert_close(g, e)
+
+
+@pytest.mark.parametrize("case", ["conv", "linear"])
+def test_modifying_the_weight_in_place_before_the_backward_is_caught(device, case):
+    # The backward reads the kept W ⊙ M, not the weight, but a weight changed after the forward must still be an
+    # error, as for F.conv2d, not a gradient of the old weight taken silently.
+    layer, x, weight, _ = kept_weight_cases(device, case)
+    x.requires_grad_()
+    weight.requires_grad_()
+    out = layer(x, weight)
+    with torch.no_grad():
+        weight.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.backward(torch.randn_like(out))
+
+
+def test_the_internal_forward_ops_refuse_to_be_differentiated(device):
+    # masked_conv2d_forward / masked_linear_forward serve the autograd kernels, below autograd; called directly with
+    # inputs that need gradients they must fail loudly rather than drop the weight's gradient.
+    x, weight, bias = conv_case(device, 3, 4, 3, 6)
+    out, _ = torch.ops.wtext.masked_conv2d_forward(x, weight, bias, 3, 1, 0.5, "exact", 2, 4, [1, 1], [1, 1],
+                                                   [1, 1])
+    with pytest.raises(RuntimeError, match="masked_conv2d_forward"):
+        out.sum().backward()
+    x_lin = torch.randn(5, 8, device=device, requires_grad=True)
+    w_lin = torch.randn(3, 8, device=device, requires_grad=True)
+    out, _ = torch.ops.wtext.masked_linear_forward(x_lin, w_lin, None, 3, 1, 0.5, "exact", 2, 4)
+    with pytest.raises(RuntimeError, match="masked_linear_forward"):
+        out.sum().backward()
 
 
 def test_backward_op_uses_the_masked_weight_it_is_given(device):

@@ -9,6 +9,7 @@
 // weight, and the backward's grad_x GEMM reuses it instead of running the mask kernel again.
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 #include <array>
@@ -76,13 +77,25 @@ struct WithMaskedWeightOf<at::Tensor(Args...)> {
 template <typename Signature>
 using WithMaskedWeight = typename WithMaskedWeightOf<Signature>::type;
 
-// Whether the backward will run the grad_x GEMM, the one that reads W ⊙ M: only then does the forward keep the
-// masked weight (one weight-sized tensor) instead of the backward regenerating it. Decided before apply(), which
-// runs the forward with grad mode off.
-bool backward_reads_masked_weight(const at::Tensor& x) { return at::GradMode::is_enabled() && x.requires_grad(); }
+// A masked weight up to this size is kept whatever x's size: at most 4 MB in float32, which no training step
+// notices, while regenerating it costs a mask pass (~0.8 ms for a 256x256x3x3 weight on a 2-core CPU).
+constexpr int64_t kAlwaysKeptElements = int64_t{1} << 20;
+
+// Whether the forward keeps W ⊙ M for the backward. Only the grad_x GEMM reads it, so it is kept only when x may
+// need a gradient (a backward asking for the weight's alone cannot be foreseen here and pays one unused tensor).
+// A large weight is kept only when it is no larger than x, which the autograd saves anyway: that bounds the extra
+// saved memory by what the layer already holds. A wide linear layer fed a few rows (x [8, 4096] against
+// W [4096, 4096], 64 MB in float32, per application) regenerates it instead. Decided before apply(), which runs the
+// forward with grad mode off. Sizes are compared as SymInts: under torch.compile with dynamic shapes they are
+// symbolic (numel() would throw), and the comparison becomes a guard.
+bool keeps_masked_weight(const at::Tensor& x, const at::Tensor& weight) {
+  if (!at::GradMode::is_enabled() || !x.requires_grad()) return false;
+  const c10::SymInt weight_size = weight.sym_numel();
+  return weight_size <= c10::SymInt(kAlwaysKeptElements) || weight_size <= x.sym_numel();
+}
 
 // A saved masked weight, or None when the forward did not keep one.
-std::optional<at::Tensor> kept(const at::Tensor& masked_weight) {
+std::optional<at::Tensor> optional_if_defined(const at::Tensor& masked_weight) {
   return masked_weight.defined() ? std::optional<at::Tensor>(masked_weight) : std::nullopt;
 }
 
@@ -135,12 +148,14 @@ class MaskedConv2dFunction : public torch::autograd::Function<MaskedConv2dFuncti
     at::Tensor grad_x, grad_weight;
     if (output_mask[0] || output_mask[1]) {
       std::tie(grad_x, grad_weight) = unpack(call_backward_op([&] {
-        return op.call(grad_out, saved[0], saved[1], kept(saved[2]), data["seed"].toInt(), data["layer"].toInt(),
+        return op.call(grad_out, saved[0], saved[1], optional_if_defined(saved[2]), data["seed"].toInt(),
+                       data["layer"].toInt(),
                        data["density"].toDouble(), pattern, data["nm_n"].toInt(), data["nm_m"].toInt(), stride,
                        padding, dilation, output_mask);
       }));
     }
     const std::array<int64_t, 3> reduce_dims{0, 2, 3};
+    // x, weight, bias; then none for the 10 non-tensor arguments (seed ... dilation, keep_masked_weight)
     return {grad_x,       grad_weight,  bias_gradient(ctx, grad_out, reduce_dims),
             at::Tensor(), at::Tensor(), at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor(),
@@ -188,12 +203,14 @@ class MaskedLinearFunction : public torch::autograd::Function<MaskedLinearFuncti
     at::Tensor grad_x, grad_weight;
     if (output_mask[0] || output_mask[1]) {
       std::tie(grad_x, grad_weight) = unpack(call_backward_op([&] {
-        return op.call(grad_out, saved[0], saved[1], kept(saved[2]), data["seed"].toInt(), data["layer"].toInt(),
+        return op.call(grad_out, saved[0], saved[1], optional_if_defined(saved[2]), data["seed"].toInt(),
+                       data["layer"].toInt(),
                        data["density"].toDouble(), pattern, data["nm_n"].toInt(), data["nm_m"].toInt(), output_mask);
       }));
     }
     std::vector<int64_t> reduce_dims(static_cast<size_t>(std::max<int64_t>(grad_out.dim() - 1, 0)));
     for (size_t d = 0; d < reduce_dims.size(); ++d) reduce_dims[d] = static_cast<int64_t>(d);
+    // x, weight, bias; then none for the 7 non-tensor arguments (seed ... nm_m, keep_masked_weight)
     return {grad_x,       grad_weight,  bias_gradient(ctx, grad_out, reduce_dims),
             at::Tensor(), at::Tensor(), at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor(),
@@ -206,14 +223,14 @@ at::Tensor masked_conv2d_autograd(const at::Tensor& x, const at::Tensor& weight,
                                   int64_t nm_m, at::IntArrayRef stride, at::IntArrayRef padding,
                                   at::IntArrayRef dilation) {
   return MaskedConv2dFunction::apply(x, weight, bias, seed, layer, density, pattern, nm_n, nm_m, stride, padding,
-                                     dilation, backward_reads_masked_weight(x));
+                                     dilation, keeps_masked_weight(x, weight));
 }
 
 at::Tensor masked_linear_autograd(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                   int64_t seed, int64_t layer, double density, c10::string_view pattern, int64_t nm_n,
                                   int64_t nm_m) {
   return MaskedLinearFunction::apply(x, weight, bias, seed, layer, density, pattern, nm_n, nm_m,
-                                     backward_reads_masked_weight(x));
+                                     keeps_masked_weight(x, weight));
 }
 
 }  // namespace
@@ -221,6 +238,10 @@ at::Tensor masked_linear_autograd(const at::Tensor& x, const at::Tensor& weight,
 TORCH_LIBRARY_IMPL(wtext, Autograd, m) {
   m.impl("masked_conv2d", &masked_conv2d_autograd);
   m.impl("masked_linear", &masked_linear_autograd);
+  // The *_forward ops are only called below autograd, by the two kernels above. Differentiating one directly raises
+  // instead of silently dropping the weight's gradient (the dispatcher's default for an op without autograd).
+  m.impl("masked_conv2d_forward", torch::autograd::autogradNotImplementedFallback());
+  m.impl("masked_linear_forward", torch::autograd::autogradNotImplementedFallback());
 }
 
 }  // namespace wtext

@@ -95,12 +95,14 @@ LayerGradients masked_conv2d_backward(const at::Tensor& grad_out, const at::Tens
   const at::MemoryFormat format = layer_memory_format(x);
   const MaskedLayerWeight mask(weight, seed, layer, density, std::string(pattern), nm_n, nm_m);
   // grad_x is the only GEMM that reads the weight's values; the weight gradient needs its shape and layout alone,
-  // so without grad_x an uninitialized tensor stands in and no mask kernel runs.
+  // so without grad_x and without a kept masked weight an uninitialized tensor stands in and no mask kernel runs.
   at::Tensor w;
-  if (!output_mask[0]) {
-    w = at::empty(weight.sizes(), x.options().memory_format(format));
+  if (masked_weight.has_value()) {
+    w = *masked_weight;
+  } else if (output_mask[0]) {
+    w = mask.masked(x.scalar_type(), format);
   } else {
-    w = masked_weight.has_value() ? *masked_weight : mask.masked(x.scalar_type(), format);
+    w = at::empty(weight.sizes(), x.options().memory_format(format));
   }
   const std::array<int64_t, 2> no_output_padding{0, 0};
   // Only the requested GEMMs run: a DEQ's adjoint solve asks for grad_x alone in every iteration, a frozen weight

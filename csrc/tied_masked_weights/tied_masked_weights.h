@@ -95,7 +95,8 @@ void check_layer_inputs(const char* op, const at::Tensor& x, const at::Tensor& w
                         const std::optional<at::Tensor>& bias);
 
 // Checks a masked layer backward op's masked_weight (the forward's W ⊙ M, reused for grad_x): weight's shape, x's
-// dtype and device; errors name the argument and the value. None passes (the backward regenerates it).
+// dtype and device; errors name the argument and the value. None passes (the backward regenerates it). Its layout is
+// not checked: any layout gives the same gradients, x's layout only spares the backend a reorder.
 void check_masked_weight(const char* op, const std::optional<at::Tensor>& masked_weight, const at::Tensor& x,
                          const at::Tensor& weight);
 

@@ -1,8 +1,9 @@
 """Fake (meta) kernels: output shapes, dtypes and layouts of every wtext op, so torch.compile can trace them.
 
-The layout rule mirrors layer_memory_format() in csrc/masked_conv2d/masked_conv2d.cpp: outputs, input
-gradients and the kept masked weight of a layer are channels_last exactly when x is channels_last-contiguous and not plain-contiguous; the
-views of tied_masked_weights follow the same rule applied to the weight (csrc/tied_masked_weights).
+The layout rule mirrors layer_memory_format() in csrc/masked_conv2d/masked_conv2d.cpp: outputs, input gradients
+and the kept masked weight of a layer are channels_last exactly when x is channels_last-contiguous and not
+plain-contiguous; the views of tied_masked_weights follow the same rule applied to the weight
+(csrc/tied_masked_weights).
 """
 
 import torch

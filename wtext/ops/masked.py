@@ -108,7 +108,8 @@ def masked_conv2d(
 
     The weight may be kept in a wider dtype than x (e.g. float32 master weight, bfloat16 activations): the masked
     weight is produced directly in x's dtype. The output has x's dtype and layout. When x needs a gradient, the
-    masked weight is kept for the backward (one weight-sized tensor in x's dtype) instead of being regenerated.
+    masked weight is kept for the backward (one weight-sized tensor in x's dtype) instead of being regenerated, if
+    it has at most 2^20 elements or no more than x.
     """
     n, m = _nm_pair(nm)
     return torch.ops.wtext.masked_conv2d(
