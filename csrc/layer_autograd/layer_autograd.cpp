@@ -149,9 +149,8 @@ class MaskedConv2dFunction : public torch::autograd::Function<MaskedConv2dFuncti
     if (output_mask[0] || output_mask[1]) {
       std::tie(grad_x, grad_weight) = unpack(call_backward_op([&] {
         return op.call(grad_out, saved[0], saved[1], optional_if_defined(saved[2]), data["seed"].toInt(),
-                       data["layer"].toInt(),
-                       data["density"].toDouble(), pattern, data["nm_n"].toInt(), data["nm_m"].toInt(), stride,
-                       padding, dilation, output_mask);
+                       data["layer"].toInt(), data["density"].toDouble(), pattern, data["nm_n"].toInt(),
+                       data["nm_m"].toInt(), stride, padding, dilation, output_mask);
       }));
     }
     const std::array<int64_t, 3> reduce_dims{0, 2, 3};
@@ -204,8 +203,8 @@ class MaskedLinearFunction : public torch::autograd::Function<MaskedLinearFuncti
     if (output_mask[0] || output_mask[1]) {
       std::tie(grad_x, grad_weight) = unpack(call_backward_op([&] {
         return op.call(grad_out, saved[0], saved[1], optional_if_defined(saved[2]), data["seed"].toInt(),
-                       data["layer"].toInt(),
-                       data["density"].toDouble(), pattern, data["nm_n"].toInt(), data["nm_m"].toInt(), output_mask);
+                       data["layer"].toInt(), data["density"].toDouble(), pattern, data["nm_n"].toInt(),
+                       data["nm_m"].toInt(), output_mask);
       }));
     }
     std::vector<int64_t> reduce_dims(static_cast<size_t>(std::max<int64_t>(grad_out.dim() - 1, 0)));

@@ -46,7 +46,7 @@ WTEXT_HD bool keep_bernoulli(uint64_t key, uint64_t index, uint64_t threshold) {
 
 // Exact count: every element gets a distinct 63-bit rank key (31 hash bits above the 32-bit index, so ties are
 // impossible); the k elements with the smallest keys are kept. `threshold` is one past the k-th smallest key,
-// found once on the host (see exact_count_threshold in mask_spec.cpp).
+// found once on the host (see exact_count_threshold in mask_plan.cpp).
 WTEXT_HD uint64_t exact_rank_key(uint64_t key, uint64_t index) {
   return ((element_hash(key, index) >> 33) << 32) | (index & 0xFFFFFFFFULL);
 }
