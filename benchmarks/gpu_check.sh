@@ -87,7 +87,8 @@ WORKERS=()
 "$PYTHON" -c "import xdist" 2>/dev/null && WORKERS=(-n 10)
 PYTEST=("$PYTHON" -m pytest --cuda-only -q -rfE --maxfail=20 --durations=5 -p no:cacheprovider "${WORKERS[@]}")
 KERNEL_TESTS=(python_tests/test_masks.py python_tests/test_tied_masked_weights.py python_tests/test_masked_layers.py
-              python_tests/test_anderson_step.py python_tests/test_anderson_tracked_step.py python_tests/test_deq_cuda.py)
+              python_tests/test_anderson_step.py python_tests/test_anderson_tracked_step.py
+              python_tests/test_deq_cuda.py)
 want kernel_tests && step kernel_tests 150 "${PYTEST[@]}" "${KERNEL_TESTS[@]}"
 want cmake_bench && { wait "$CMAKE_PID"; CMAKE_STATUS=$?; }
 

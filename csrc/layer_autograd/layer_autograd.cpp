@@ -5,8 +5,8 @@
 // 51 us for F.conv2d (dev CPU), enough to leave a GPU idle between kernels; as a C++ autograd::Function it cost
 // 97 us when it moved here, and 64 us after the later host-path work (both dev CPU, one thread). The backward
 // calls the registered backward op through the dispatcher, so its autograd formula (wtext/ops/autograd.py) still
-// gives double backward. When x needs a gradient the forward runs the *_forward op, which also returns the masked
-// weight, and the backward's grad_x GEMM reuses it instead of running the mask kernel again.
+// gives double backward. The forward runs the *_forward op, which also returns the masked weight; when x needs a
+// gradient it is kept, and the backward's grad_x GEMM reuses it instead of running the mask kernel again.
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
@@ -67,18 +67,9 @@ at::Tensor bias_gradient(AutogradContext* ctx, const at::Tensor& grad_out, at::I
   return at::sum(grad_out, reduce_dims, /*keepdim=*/false, static_cast<at::ScalarType>(bias_dtype));
 }
 
-// The signature of a layer's *_forward op: its plain forward's arguments, returning (out, masked weight).
-template <typename Signature>
-struct WithMaskedWeightOf;
-template <typename... Args>
-struct WithMaskedWeightOf<at::Tensor(Args...)> {
-  using type = std::tuple<at::Tensor, at::Tensor>(Args...);
-};
-template <typename Signature>
-using WithMaskedWeight = typename WithMaskedWeightOf<Signature>::type;
-
 // A masked weight up to this size is kept whatever x's size: at most 4 MB in float32, which no training step
-// notices, while regenerating it costs a mask pass (~0.8 ms for a 256x256x3x3 weight on a 2-core CPU).
+// notices, while regenerating it costs a mask pass (0.7-1.0 ms for a 256x256x3x3 weight on a 2-core CPU, row-major
+// and channels_last).
 constexpr int64_t kAlwaysKeptElements = int64_t{1} << 20;
 
 // Whether the forward keeps W ⊙ M for the backward. Only the grad_x GEMM reads it, so it is kept only when x may
@@ -105,24 +96,19 @@ class MaskedConv2dFunction : public torch::autograd::Function<MaskedConv2dFuncti
                             const std::optional<at::Tensor>& bias, int64_t seed, int64_t layer, double density,
                             c10::string_view pattern, int64_t nm_n, int64_t nm_m, at::IntArrayRef stride,
                             at::IntArrayRef padding, at::IntArrayRef dilation, bool keep_masked_weight) {
-    using Signature = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, int64_t,
-                                 int64_t, double, c10::string_view, int64_t, int64_t, at::IntArrayRef,
-                                 at::IntArrayRef, at::IntArrayRef);
-    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("wtext::masked_conv2d", "").typed<Signature>();
-    static auto keeping_op = c10::Dispatcher::singleton()
-                                 .findSchemaOrThrow("wtext::masked_conv2d_forward", "")
-                                 .typed<WithMaskedWeight<Signature>>();
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("wtext::masked_conv2d_forward", "")
+                         .typed<std::tuple<at::Tensor, at::Tensor>(
+                             const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, int64_t, int64_t,
+                             double, c10::string_view, int64_t, int64_t, at::IntArrayRef, at::IntArrayRef,
+                             at::IntArrayRef)>();
     at::Tensor out, masked_weight;
     {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
-      if (keep_masked_weight) {
-        std::tie(out, masked_weight) =
-            keeping_op.call(x, weight, bias, seed, layer, density, pattern, nm_n, nm_m, stride, padding, dilation);
-      } else {
-        out = op.call(x, weight, bias, seed, layer, density, pattern, nm_n, nm_m, stride, padding, dilation);
-      }
+      std::tie(out, masked_weight) =
+          op.call(x, weight, bias, seed, layer, density, pattern, nm_n, nm_m, stride, padding, dilation);
     }
-    ctx->save_for_backward({x, weight, masked_weight});
+    ctx->save_for_backward({x, weight, keep_masked_weight ? masked_weight : at::Tensor()});
     save_mask_arguments(ctx, seed, layer, density, pattern, nm_n, nm_m, bias);
     ctx->saved_data["stride"] = stride.vec();
     ctx->saved_data["padding"] = padding.vec();
@@ -168,22 +154,17 @@ class MaskedLinearFunction : public torch::autograd::Function<MaskedLinearFuncti
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, int64_t seed, int64_t layer, double density,
                             c10::string_view pattern, int64_t nm_n, int64_t nm_m, bool keep_masked_weight) {
-    using Signature = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, int64_t,
-                                 int64_t, double, c10::string_view, int64_t, int64_t);
-    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("wtext::masked_linear", "").typed<Signature>();
-    static auto keeping_op = c10::Dispatcher::singleton()
-                                 .findSchemaOrThrow("wtext::masked_linear_forward", "")
-                                 .typed<WithMaskedWeight<Signature>>();
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("wtext::masked_linear_forward", "")
+                         .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                   const std::optional<at::Tensor>&, int64_t, int64_t,
+                                                                   double, c10::string_view, int64_t, int64_t)>();
     at::Tensor out, masked_weight;
     {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
-      if (keep_masked_weight) {
-        std::tie(out, masked_weight) = keeping_op.call(x, weight, bias, seed, layer, density, pattern, nm_n, nm_m);
-      } else {
-        out = op.call(x, weight, bias, seed, layer, density, pattern, nm_n, nm_m);
-      }
+      std::tie(out, masked_weight) = op.call(x, weight, bias, seed, layer, density, pattern, nm_n, nm_m);
     }
-    ctx->save_for_backward({x, weight, masked_weight});
+    ctx->save_for_backward({x, weight, keep_masked_weight ? masked_weight : at::Tensor()});
     save_mask_arguments(ctx, seed, layer, density, pattern, nm_n, nm_m, bias);
     return out;
   }

@@ -47,40 +47,30 @@ void check_conv_arguments(const at::Tensor& x, const at::Tensor& weight, const s
   }
 }
 
-// W ⊙ M in x's dtype and layout: matching x's layout avoids a weight reorder inside the convolution backend.
-at::Tensor masked_conv_weight(const at::Tensor& x, const at::Tensor& weight, int64_t seed, int64_t layer,
-                              double density, c10::string_view pattern, int64_t nm_n, int64_t nm_m) {
-  return MaskedLayerWeight(weight, seed, layer, density, std::string(pattern), nm_n, nm_m)
-      .masked(x.scalar_type(), layer_memory_format(x));
-}
-
-at::Tensor convolve(const at::Tensor& x, const at::Tensor& masked_weight, const std::optional<at::Tensor>& bias,
-                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  std::optional<at::Tensor> b;
-  if (bias.has_value()) b = bias->to(x.scalar_type());
-  return at::conv2d(x, masked_weight, b, stride, padding, dilation, 1).contiguous(layer_memory_format(x));
-}
-
-at::Tensor masked_conv2d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                         int64_t seed, int64_t layer, double density, c10::string_view pattern, int64_t nm_n,
-                         int64_t nm_m, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  check_conv_arguments(x, weight, bias, stride, padding, dilation);
-  return convolve(x, masked_conv_weight(x, weight, seed, layer, density, pattern, nm_n, nm_m), bias, stride, padding,
-                  dilation);
-}
-
-// The forward as autograd runs it when x needs a gradient: it also returns the masked weight, so the backward's
-// grad_x GEMM reuses it instead of regenerating it (one mask kernel and launch fewer per backward; a DEQ's adjoint
-// solve runs ~20 backward passes through one forward). Costs one weight-sized tensor kept until the backward.
+// The forward, also returning the masked weight it computed. masked_conv2d's autograd kernel calls this and keeps
+// the masked weight for the backward's grad_x GEMM when x needs a gradient, instead of regenerating it there (one
+// mask kernel and launch fewer per backward; a DEQ's adjoint solve runs ~20 backward passes through one forward).
 std::tuple<at::Tensor, at::Tensor> masked_conv2d_forward(const at::Tensor& x, const at::Tensor& weight,
                                                          const std::optional<at::Tensor>& bias, int64_t seed,
                                                          int64_t layer, double density, c10::string_view pattern,
                                                          int64_t nm_n, int64_t nm_m, at::IntArrayRef stride,
                                                          at::IntArrayRef padding, at::IntArrayRef dilation) {
   check_conv_arguments(x, weight, bias, stride, padding, dilation);
-  at::Tensor w = masked_conv_weight(x, weight, seed, layer, density, pattern, nm_n, nm_m);
-  at::Tensor out = convolve(x, w, bias, stride, padding, dilation);
+  // Matching x's layout avoids a weight reorder inside the convolution backend.
+  at::Tensor w = MaskedLayerWeight(weight, seed, layer, density, std::string(pattern), nm_n, nm_m)
+                     .masked(x.scalar_type(), layer_memory_format(x));
+  std::optional<at::Tensor> b;
+  if (bias.has_value()) b = bias->to(x.scalar_type());
+  at::Tensor out = at::conv2d(x, w, b, stride, padding, dilation, 1).contiguous(layer_memory_format(x));
   return {std::move(out), std::move(w)};
+}
+
+// Without autograd (inference tensors, below-autograd callers) the masked weight is simply dropped.
+at::Tensor masked_conv2d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                         int64_t seed, int64_t layer, double density, c10::string_view pattern, int64_t nm_n,
+                         int64_t nm_m, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  return std::get<0>(
+      masked_conv2d_forward(x, weight, bias, seed, layer, density, pattern, nm_n, nm_m, stride, padding, dilation));
 }
 
 LayerGradients masked_conv2d_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
@@ -122,7 +112,8 @@ TORCH_LIBRARY_FRAGMENT(wtext, m) {
       "masked_conv2d(Tensor x, Tensor weight, Tensor? bias, int seed, int layer, float density, str pattern, "
       "int nm_n, int nm_m, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
   // Internal: the forward that also returns the masked weight, called by masked_conv2d's autograd kernel below
-  // autograd (it has no autograd of its own). masked_weight in the backward is that tensor, or None to regenerate it.
+  // autograd (differentiating it directly raises). masked_weight in the backward is that tensor, or None to
+  // regenerate it.
   m.def(
       "masked_conv2d_forward(Tensor x, Tensor weight, Tensor? bias, int seed, int layer, float density, str pattern, "
       "int nm_n, int nm_m, int[2] stride, int[2] padding, int[2] dilation) -> (Tensor, Tensor)");

@@ -21,34 +21,24 @@ void check_linear_arguments(const at::Tensor& x, const at::Tensor& weight, const
               weight.size(1), " (weight.shape=", weight.sizes(), "); got x.shape=", x.sizes());
 }
 
-at::Tensor masked_linear_weight(const at::Tensor& x, const at::Tensor& weight, int64_t seed, int64_t layer,
-                                double density, c10::string_view pattern, int64_t nm_n, int64_t nm_m) {
-  return MaskedLayerWeight(weight, seed, layer, density, std::string(pattern), nm_n, nm_m)
-      .masked(x.scalar_type(), at::MemoryFormat::Contiguous);
-}
-
-at::Tensor multiply(const at::Tensor& x, const at::Tensor& masked_weight, const std::optional<at::Tensor>& bias) {
-  std::optional<at::Tensor> b;
-  if (bias.has_value()) b = bias->to(x.scalar_type());
-  return at::linear(x, masked_weight, b).contiguous();
-}
-
-at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                         int64_t seed, int64_t layer, double density, c10::string_view pattern, int64_t nm_n,
-                         int64_t nm_m) {
-  check_linear_arguments(x, weight, bias);
-  return multiply(x, masked_linear_weight(x, weight, seed, layer, density, pattern, nm_n, nm_m), bias);
-}
-
-// As masked_conv2d_forward: the forward autograd runs when x needs a gradient, returning the masked weight too.
+// As masked_conv2d_forward: the forward, also returning the masked weight, for the autograd kernel to keep.
 std::tuple<at::Tensor, at::Tensor> masked_linear_forward(const at::Tensor& x, const at::Tensor& weight,
                                                          const std::optional<at::Tensor>& bias, int64_t seed,
                                                          int64_t layer, double density, c10::string_view pattern,
                                                          int64_t nm_n, int64_t nm_m) {
   check_linear_arguments(x, weight, bias);
-  at::Tensor w = masked_linear_weight(x, weight, seed, layer, density, pattern, nm_n, nm_m);
-  at::Tensor out = multiply(x, w, bias);
+  at::Tensor w = MaskedLayerWeight(weight, seed, layer, density, std::string(pattern), nm_n, nm_m)
+                     .masked(x.scalar_type(), at::MemoryFormat::Contiguous);
+  std::optional<at::Tensor> b;
+  if (bias.has_value()) b = bias->to(x.scalar_type());
+  at::Tensor out = at::linear(x, w, b).contiguous();
   return {std::move(out), std::move(w)};
+}
+
+at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                         int64_t seed, int64_t layer, double density, c10::string_view pattern, int64_t nm_n,
+                         int64_t nm_m) {
+  return std::get<0>(masked_linear_forward(x, weight, bias, seed, layer, density, pattern, nm_n, nm_m));
 }
 
 LayerGradients masked_linear_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
