@@ -77,8 +77,10 @@ constexpr int64_t kAlwaysKeptElements = int64_t{1} << 20;
 // A large weight is kept only when it is no larger than x, which the autograd saves anyway: that bounds the extra
 // saved memory by what the layer already holds. A wide linear layer fed a few rows (x [8, 4096] against
 // W [4096, 4096], 64 MB in float32, per application) regenerates it instead. Decided before apply(), which runs the
-// forward with grad mode off. Sizes are compared as SymInts: under torch.compile with dynamic shapes they are
-// symbolic (numel() would throw), and the comparison becomes a guard.
+// forward with grad mode off. (ctx->needs_input_grad(0) inside forward() is no substitute: when apply() is called
+// with grad mode off, under torch.no_grad(), the node gets no edges and the call throws "Index out of range".)
+// Sizes are compared as SymInts: under torch.compile with dynamic shapes they are symbolic (numel() would throw),
+// and the comparison becomes a guard.
 bool keeps_masked_weight(const at::Tensor& x, const at::Tensor& weight) {
   if (!at::GradMode::is_enabled() || !x.requires_grad()) return false;
   const c10::SymInt weight_size = weight.sym_numel();
