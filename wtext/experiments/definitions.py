@@ -14,6 +14,7 @@ import torch
 
 from wtext.analysis import cka_matrix
 from wtext.data import DeviceLoader, load_dataset
+from wtext.train.checkpoint import load_checkpoint
 from wtext.train.loop import model_for
 from wtext.train import TrainConfig
 
@@ -178,7 +179,7 @@ def cka_experiment(out_dir, scale, sweep):
         data = load_dataset(config.dataset, config.data_dir, synthetic_train=config.synthetic_train,
                             synthetic_test=config.synthetic_test, seed=config.seed)
         model = model_for(config, data.num_classes)
-        state = torch.load(Path(config.run_dir) / "checkpoint.pt", map_location="cpu", weights_only=False)
+        state = load_checkpoint(Path(config.run_dir) / "checkpoint.pt")
         model.load_state_dict(state["model"])
         loader = DeviceLoader(data.test, 128, data.mean, data.std, train=False)
         sweep.log(f"CKA of {name} on {len(data.test)} test images")

@@ -1,11 +1,16 @@
-"""python -m wtext.train [options]  (see --help)"""
+"""python -m wtext.train [options]  (see --help)
+
+Exit status: 0 done, 2 a bad option, file or checkpoint (one line on stderr naming it), 3 the training loss became
+non-finite (the checkpoint holds the last finite state), 130 interrupted (Ctrl-C; the checkpoint lets --resume
+continue).
+"""
 
 import sys
 
 from wtext.data import DatasetError
 
 from .cli import resolve_config
-from .loop import Interrupted, run
+from .loop import Interrupted, NonFiniteLoss, run
 
 
 def main(argv=None) -> int:
@@ -14,7 +19,10 @@ def main(argv=None) -> int:
         run(config)
     except (KeyboardInterrupt, Interrupted):
         return 130
-    except (DatasetError, FileNotFoundError, ValueError) as error:
+    except NonFiniteLoss as error:
+        print(f"wtext.train: error: {error}", file=sys.stderr)
+        return 3
+    except (DatasetError, OSError, ValueError) as error:
         print(f"wtext.train: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -1,16 +1,32 @@
-"""Checkpoints written atomically (temporary file in the same folder, then rename), with everything a resumed run
-needs to continue exactly: model, optimizer, scheduler, RNG states, epoch and step within the epoch."""
+"""Checkpoints: written atomically (temporary file in the same folder, fsync, then rename) and read without running
+code (`torch.load(weights_only=True)`: tensors and plain containers only, so a crafted file cannot execute
+anything). A checkpoint holds everything a resumed run needs to continue exactly: model, optimizer, scheduler, RNG
+states, epoch and step within the epoch, the running sums of the epoch and the metrics of finished epochs.
+
+Payloads hold only what weights_only admits: tensors, numbers, strings, None, and lists, tuples and dicts of them.
+The numpy RNG state is therefore stored as a tensor, not as the array numpy hands out.
+"""
 
 import os
+import pickle
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
+# Version 2: weights_only-readable payloads (version 1 pickled numpy arrays and needed weights_only=False).
+CHECKPOINT_FORMAT = 2
+
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss),
+                  float(cached_gaussian)],
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -18,29 +34,56 @@ def rng_state() -> dict:
 
 def restore_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_atomic(payload: dict, path: str | Path) -> None:
-    """torch.save to path.tmp, fsync, then rename over path: a crash leaves the old or the new file, never half."""
+def write_atomic(path: str | Path, write) -> None:
+    """Calls write(handle) on path.tmp, fsyncs, then renames over path: a crash leaves the old or the new file,
+    never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
     with temporary.open("wb") as handle:
-        torch.save(payload, handle)
+        write(handle)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
 
 
-def load_checkpoint(path: str | Path, device: torch.device) -> dict:
+def write_text_atomic(path: str | Path, text: str) -> None:
+    write_atomic(path, lambda handle: handle.write(text.encode()))
+
+
+def save_atomic(payload: dict, path: str | Path) -> None:
+    """torch.save of the payload (stamped with CHECKPOINT_FORMAT), atomically."""
+    payload = {**payload, "format": CHECKPOINT_FORMAT}
+    write_atomic(path, lambda handle: torch.save(payload, handle))
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
+    """A checkpoint written by save_atomic, read with weights_only=True. A missing file is FileNotFoundError; a
+    damaged file, one that would need code to be unpickled, or one of another format is ValueError naming it."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not path.is_file():
+        raise ValueError(f"{path}: a checkpoint must be a file, this is a directory")
     try:
-        return torch.load(path, map_location=device, weights_only=False)
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path}: refused to load: it holds objects other than tensors and plain data (a wtext "
+                         f"checkpoint never does; it may be from an older wtext or crafted): {first_line}") from None
     except Exception as error:  # torch raises several types for a damaged file
-        raise ValueError(f"{path}: not a readable checkpoint: {error}") from None
+        raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupt?): {error}") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(f"{path}: not a wtext checkpoint (expected a dict with a 'model' entry)")
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: checkpoint format {state.get('format', 1)!r}, this wtext reads format "
+                         f"{CHECKPOINT_FORMAT}; retrain, or evaluate it with the wtext version that wrote it")
+    return state

@@ -46,9 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
 def read_config_file(path: str | Path) -> dict:
     """The fields a config file sets. Unknown keys are errors naming the key and the file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"config file not found: {path}")
-    text = path.read_text()
+    if not path.is_file():
+        raise ValueError(f"{path}: a config file must be a file, this is a directory")
+    if path.suffix not in (".toml", ".yaml", ".yml"):
+        raise ValueError(f"{path}: config files must end in .toml, .yaml or .yml")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text: {error}") from None
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read: {error.strerror}") from None
     if path.suffix == ".toml":
         try:
             values = tomllib.loads(text)
@@ -59,12 +68,17 @@ def read_config_file(path: str | Path) -> dict:
             import yaml
         except ImportError:
             raise ValueError(f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use TOML") from None
-        values = yaml.safe_load(text) or {}
-    else:
-        raise ValueError(f"{path}: config files must end in .toml, .yaml or .yml")
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+        values = {} if values is None else values
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a table of options at the top level")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
+    bad_keys = [key for key in values if not isinstance(key, str)]
+    if bad_keys:
+        raise ValueError(f"{path}: option names must be strings; got {bad_keys[0]!r}")
     values = {key.replace("-", "_"): value for key, value in values.items()}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -76,8 +90,11 @@ def resolve_config(argv=None) -> TrainConfig:
     """Defaults, then the config file, then the command line."""
     parser = build_parser()
     args = vars(parser.parse_args(argv))
-    values = read_config_file(args.pop("config")) if args.get("config") else {}
-    args.pop("config", None)
+    config_file = args.pop("config", None)
+    try:
+        values = read_config_file(config_file) if config_file else {}
+    except ValueError as error:
+        parser.error(str(error))
     values.update(args)
     try:
         return TrainConfig(**values)

@@ -20,19 +20,30 @@ from wtext import models
 from wtext.data import DeviceLoader, load_dataset
 from wtext.nn import MaskSpec
 
-from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_atomic
-from .config import TrainConfig
+from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_atomic, write_text_atomic
+from .config import MODEL_OPTIONS, TrainConfig
 from .distributed import Cluster, all_reduce_sum, init_cluster, shutdown
-from .report import append_metrics, final_table, plot_curves, read_metrics, truncate_metrics
+from .faults import crash_point
+from .report import append_metrics, final_table, plot_curves, write_metrics
 from .schedule import warmup_cosine
 
 # Options that may differ between a run and its resumption; any other difference is an error.
 RESUMABLE_CHANGES = {"epochs", "progress", "resume", "stop_after_steps", "device", "eval_only", "checkpoint",
-                     "run_dir"}
+                     "run_dir", "checkpoint_every_steps", "checkpoint_every_seconds"}
+
+# The running sums of an epoch, in the order of the device tensor that accumulates them.
+RUNNING_KEYS = ("loss", "correct", "images", "solver_steps", "solver_residual", "solves")
+
+# Steps between host reads of the running sums (progress display and the non-finite-loss check).
+READ_EVERY_STEPS = 10
 
 
 class Interrupted(Exception):
     """Raised by --stop-after-steps to act out a Ctrl-C."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite; the checkpoint holds the last finite state."""
 
 
 def select_device(name: str, cluster: Cluster) -> torch.device:
@@ -74,8 +85,33 @@ def device_scalar(value: float, device: torch.device) -> torch.Tensor:
     return torch.full((), float(value), device=device)
 
 
+def settings_for_evaluation(config: TrainConfig, trained: dict, path: Path) -> TrainConfig:
+    """`config` with the model and mask settings the checkpoint was trained with: a differently masked network
+    would report another network's accuracy. An option the user set to something else is an error; one left at
+    its default takes the trained value."""
+    defaults = TrainConfig()
+    updates = {}
+    for name in MODEL_OPTIONS:
+        given = getattr(config, name)
+        if name not in trained or trained[name] == given:
+            continue
+        if given != getattr(defaults, name):
+            raise ValueError(f"{path} was trained with {name}={trained[name]!r}; --eval-only evaluates the model as "
+                             f"it was trained, so {name}={given!r} cannot apply (drop the option)")
+        updates[name] = trained[name]
+    return dataclasses.replace(config, **updates) if updates else config
+
+
 class Trainer:
     def __init__(self, config: TrainConfig):
+        self.run_dir = Path(config.run_dir)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ValueError(f"run_dir must be a directory; {self.run_dir} is a file")
+        self.evaluated_state = None
+        if config.eval_only:
+            path = self.evaluated_checkpoint_path(config)
+            self.evaluated_state = load_checkpoint(path, "cpu")
+            config = settings_for_evaluation(config, self.evaluated_state.get("config", {}), path)
         self.config = config
         kind = "cuda" if config.device.startswith("cuda") or (config.device == "auto" and torch.cuda.is_available()) \
             else "cpu"
@@ -85,9 +121,26 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
         seed_everything(config.seed)
-        self.run_dir = Path(config.run_dir)
-        cuda = self.device.type == "cuda"
-        world = self.cluster.world
+        self.build_data()
+        self.build_model()
+        self.build_optimizer()
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                       enabled=config.bf16 and self.device.type == "cuda")
+        self.epoch, self.step_in_epoch, self.steps_done = 0, 0, 0
+        # Running sums of the epoch (RUNNING_KEYS), accumulated on the device in float64 and checkpointed as they
+        # are, so a resumed epoch adds the same numbers in the same order as an uninterrupted one.
+        self.running = self.zero_running()
+        self.seconds = 0.0  # training time of the current epoch before the current stretch of steps
+        self.stretch_start = time.perf_counter()
+        self.history: list[dict] = []  # the metrics of finished epochs; metrics.jsonl is written from it
+        self.last_saved = (0, 0)
+        self.last_save_time = time.monotonic()
+        self.interrupt_requested = False
+        self.best = (0.0, 0)
+
+    # -- building -----------------------------------------------------------------------------------------------
+    def build_data(self) -> None:
+        config, world = self.config, self.cluster.world
         if config.batch_size % world:
             raise ValueError(f"batch_size must be divisible by the number of ranks; got batch_size="
                              f"{config.batch_size}, ranks={world}")
@@ -97,24 +150,30 @@ class Trainer:
         self.data = load_dataset(config.dataset, config.data_dir, device=self.device,
                                  synthetic_train=config.synthetic_train, synthetic_test=config.synthetic_test,
                                  seed=config.seed, shard=(self.cluster.rank, world))
-        channels_last = config.channels_last and cuda
+        self.channels_last = config.channels_last and self.device.type == "cuda"
         self.train_loader = DeviceLoader(self.data.train, config.batch_size // world, self.data.mean, self.data.std,
                                          train=True, seed=config.seed, augment=config.augment,
-                                         channels_last=channels_last, rank=self.cluster.rank,
+                                         channels_last=self.channels_last, rank=self.cluster.rank,
                                          interleave=config.interleave)
-        if len(self.train_loader) == 0:
+        if len(self.train_loader) == 0 and not config.eval_only:
             raise ValueError(f"batch_size={config.batch_size} is larger than the training set "
                              f"({len(self.data.train) * world} images): no full batch")
         self.test_loader = DeviceLoader(self.data.test, config.batch_size, self.data.mean, self.data.std,
-                                        train=False, channels_last=channels_last)
+                                        train=False, channels_last=self.channels_last)
+
+    def build_model(self) -> None:
+        config = self.config
         self.model = model_for(config, self.data.num_classes).to(self.device)
-        if channels_last:
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.core = self.model  # the unwrapped model: state dicts, DEQ statistics, accounting
         if self.cluster.active:
             self.model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if cuda else None)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.forward = torch.compile(self.model) if config.compile else self.model
+
+    def build_optimizer(self) -> None:
+        config = self.config
         parameters = self.core.parameters()
         if config.optimizer == "adam":
             self.optimizer = torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
@@ -124,22 +183,17 @@ class Trainer:
         steps_per_epoch = len(self.train_loader)
         self.scheduler = warmup_cosine(self.optimizer, steps_per_epoch * config.epochs,
                                        round(config.warmup_epochs * steps_per_epoch))
-        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.bf16 and cuda)
-        self.epoch, self.step_in_epoch, self.steps_done = 0, 0, 0
-        self.totals = self.empty_totals()
-        self.pending: torch.Tensor | None = None
-        self.interrupt_requested = False
-        self.best = (0.0, 0)
 
     # -- helpers ----------------------------------------------------------------------------------------------
     def log(self, message: str) -> None:
         if self.cluster.main:
             print(message, flush=True)
 
-    @staticmethod
-    def empty_totals() -> dict:
-        return {"loss": 0.0, "correct": 0.0, "images": 0.0, "solver_steps": 0.0, "solver_residual": 0.0,
-                "solves": 0.0, "seconds": 0.0}
+    def zero_running(self) -> torch.Tensor:
+        return torch.zeros(len(RUNNING_KEYS), dtype=torch.float64, device=self.device)
+
+    def epoch_seconds(self) -> float:
+        return self.seconds + time.perf_counter() - self.stretch_start
 
     def checkpoint_payload(self) -> dict:
         return {
@@ -149,15 +203,51 @@ class Trainer:
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "steps_done": self.steps_done,
-            "totals": self.totals,
-            "best": self.best,
+            "running": self.running.cpu(),
+            "seconds": self.epoch_seconds(),
+            "history": self.history,
+            "best": list(self.best),
             "rng": rng_state(),
             "config": dataclasses.asdict(self.config),
         }
 
+    def check_finite(self) -> None:
+        """Raises NonFiniteLoss if the epoch's loss sum or any parameter is NaN or infinite (one host read)."""
+        finite = torch.stack([self.running[0].isfinite()] +
+                             [p.detach().isfinite().all().to(self.device) for p in self.core.parameters()]).all()
+        if bool(finite):
+            return
+        epoch, step = self.last_saved
+        raise NonFiniteLoss(
+            f"the training loss became non-finite in epoch {self.epoch + 1} (by step {self.step_in_epoch} of "
+            f"{len(self.train_loader)}, learning rate {self.scheduler.get_last_lr()[0]:.3g}); training stopped. "
+            f"{self.run_dir / 'checkpoint.pt'} holds the last finite state (epoch {epoch + 1}, step {step}). "
+            f"Lower --lr, set --grad-clip, or check the data")
+
     def save(self) -> None:
+        """Checkpoints the run, after checking that what it would save is finite."""
+        self.check_finite()
         if self.cluster.main:
             save_atomic(self.checkpoint_payload(), self.run_dir / "checkpoint.pt")
+        self.last_saved = (self.epoch, self.step_in_epoch)
+        self.last_save_time = time.monotonic()
+        crash_point("checkpoint")
+
+    def checkpoint_due(self) -> bool:
+        config = self.config
+        if config.checkpoint_every_steps and self.steps_done % config.checkpoint_every_steps == 0:
+            return True
+        return bool(config.checkpoint_every_seconds) and \
+            time.monotonic() - self.last_save_time >= config.checkpoint_every_seconds
+
+    def load_model_state(self, state: dict, path: Path) -> None:
+        try:
+            self.core.load_state_dict(state["model"])
+        except RuntimeError as error:
+            details = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+            detail = details[0] if details else str(error)
+            raise ValueError(f"{path}: its weights do not fit the model of this run ({self.config.model}): "
+                             f"{detail[:300]}") from None
 
     def restore(self, path: Path) -> None:
         state = load_checkpoint(path, self.device)
@@ -167,11 +257,14 @@ class Trainer:
             name = changed[0]
             raise ValueError(f"{path} was written with {name}={saved.get(name)!r}, this run has "
                              f"{name}={current[name]!r}; resume with the same options (or another --run-dir)")
-        self.core.load_state_dict(state["model"])
+        self.load_model_state(state, path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step_in_epoch, self.steps_done = state["epoch"], state["step_in_epoch"], state["steps_done"]
-        self.totals, self.best = state["totals"], tuple(state["best"])
+        self.running = state["running"].to(self.device, torch.float64)
+        self.seconds = state["seconds"]
+        self.history, self.best = list(state["history"]), tuple(state["best"])
+        self.last_saved = (self.epoch, self.step_in_epoch)
         restore_rng_state(state["rng"])
 
     # -- evaluation -------------------------------------------------------------------------------------------
@@ -206,76 +299,74 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.core.parameters(), config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        # Accumulated on the device and read back only every few steps (flush_totals): a per-step .item() would
-        # stall the GPU pipeline once per step.
+        # Accumulated on the device and read back only every few steps: a per-step .item() would stall the GPU
+        # pipeline once per step.
         values = [loss.detach().float() * labels.numel(), (logits.argmax(1) == labels).sum().float(),
                   device_scalar(labels.numel(), self.device)]
         deq_outputs = getattr(self.core, "deq_outputs", [])
         values += [sum((out.stats.steps.float().mean() for out in deq_outputs), device_scalar(0, self.device)),
                    sum((out.stats.lowest.float().mean() for out in deq_outputs), device_scalar(0, self.device)),
                    device_scalar(len(deq_outputs), self.device)]
-        step_values = torch.stack([v.to(self.device) for v in values])
-        self.pending = step_values if self.pending is None else self.pending + step_values
+        self.running += torch.stack([v.to(self.device) for v in values]).double()
 
-    def flush_totals(self) -> None:
-        """Moves the device-side sums of the last steps into the totals (one host read)."""
-        if self.pending is None:
-            return
-        for key, value in zip(("loss", "correct", "images", "solver_steps", "solver_residual", "solves"),
-                              self.pending.tolist()):
-            self.totals[key] += value
-        self.pending = None
+    def read_running(self, progress) -> None:
+        """One host read of the running sums: stops a diverged run, updates the progress bar."""
+        totals = dict(zip(RUNNING_KEYS, self.running.tolist()))
+        if not math.isfinite(totals["loss"]):
+            self.check_finite()
+        if progress is not None:
+            progress.set_postfix(loss=f"{totals['loss'] / totals['images']:.3f}",
+                                 acc=f"{totals['correct'] / totals['images']:.3f}",
+                                 img_s=f"{totals['images'] * self.cluster.world / max(self.epoch_seconds(), 1e-9):.0f}")
 
     def train_epoch(self, progress) -> None:
-        start = time.perf_counter()
+        self.stretch_start = time.perf_counter()
         for images, labels in self.train_loader.epoch(self.epoch, start=self.step_in_epoch):
             self.train_step(images, labels)
             self.step_in_epoch += 1
             self.steps_done += 1
+            crash_point("step")
             if progress is not None:
                 progress.update(1)
-                if self.step_in_epoch % 10 == 0 or self.step_in_epoch == len(self.train_loader):
-                    self.flush_totals()
-                    t = self.totals
-                    elapsed = t["seconds"] + time.perf_counter() - start
-                    progress.set_postfix(loss=f"{t['loss'] / t['images']:.3f}",
-                                         acc=f"{t['correct'] / t['images']:.3f}",
-                                         img_s=f"{t['images'] * self.cluster.world / max(elapsed, 1e-9):.0f}")
+            if self.step_in_epoch % READ_EVERY_STEPS == 0 or self.step_in_epoch == len(self.train_loader):
+                self.read_running(progress)
             stop_requested = self.config.stop_after_steps and self.steps_done >= self.config.stop_after_steps
             if stop_requested or self.interrupt_requested:
-                self.flush_totals()
-                self.totals["seconds"] += time.perf_counter() - start
                 raise Interrupted
-        self.flush_totals()
-        self.totals["seconds"] += time.perf_counter() - start
+            if self.step_in_epoch < len(self.train_loader) and self.checkpoint_due():
+                self.save()
+        self.seconds = self.epoch_seconds()
 
     def finish_epoch(self) -> dict:
-        t = self.totals
-        loss, correct, images, steps, residual, solves = all_reduce_sum(
-            [t["loss"], t["correct"], t["images"], t["solver_steps"], t["solver_residual"], t["solves"]],
-            self.device, self.cluster)
+        totals = dict(zip(RUNNING_KEYS, all_reduce_sum(self.running.tolist(), self.device, self.cluster)))
+        if not math.isfinite(totals["loss"]):
+            self.check_finite()
         eval_start = time.perf_counter()
         test_loss, test_accuracy = self.evaluate()
         eval_time = time.perf_counter() - eval_start
+        images = totals["images"]
         record = {
             "epoch": self.epoch + 1,
-            "train_loss": loss / images,
-            "train_accuracy": correct / images,
+            "train_loss": totals["loss"] / images,
+            "train_accuracy": totals["correct"] / images,
             "test_loss": test_loss,
             "test_accuracy": test_accuracy,
             "lr": self.scheduler.get_last_lr()[0],
-            "time_s": t["seconds"],
-            "images_per_second": images / max(t["seconds"], 1e-9),
+            "time_s": self.seconds,
+            "images_per_second": images / max(self.seconds, 1e-9),
             "eval_time_s": eval_time,
         }
-        if solves:
-            record["solver_steps"] = steps / solves
-            record["solver_residual"] = residual / solves
+        if totals["solves"]:
+            record["solver_steps"] = totals["solver_steps"] / totals["solves"]
+            record["solver_residual"] = totals["solver_residual"] / totals["solves"]
         if test_accuracy > self.best[0]:
             self.best = (test_accuracy, self.epoch + 1)
+        self.history.append(record)
         self.epoch += 1
         self.step_in_epoch = 0
-        self.totals = self.empty_totals()
+        self.running = self.zero_running()
+        self.seconds = 0.0
+        self.stretch_start = time.perf_counter()
         return record
 
     def prepare_run_dir(self) -> None:
@@ -283,11 +374,13 @@ class Trainer:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.config.resume:
-            truncate_metrics(self.run_dir, self.epoch)
+            # The checkpoint is the record of what finished: metrics written after it (or lost before it was
+            # followed by a metrics line) are rewritten from it.
+            write_metrics(self.run_dir, self.history)
         else:
             for name in ("metrics.jsonl", "summary.json", "curves.png", "checkpoint.pt"):
                 (self.run_dir / name).unlink(missing_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=2) + "\n")
+        write_text_atomic(self.run_dir / "config.json", json.dumps(dataclasses.asdict(self.config), indent=2) + "\n")
 
     def _on_sigint(self, signum, frame) -> None:
         """First Ctrl-C: finish the current step, then checkpoint and stop (so the checkpoint is consistent).
@@ -298,7 +391,6 @@ class Trainer:
         self.log("\nCtrl-C: stopping after this step (press again to stop at once)")
 
     def fit(self) -> dict:
-        config = self.config
         if threading.current_thread() is threading.main_thread():
             previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
         else:
@@ -311,10 +403,16 @@ class Trainer:
 
     def _fit(self) -> dict:
         config = self.config
+        checkpoint = self.run_dir / "checkpoint.pt"
         if config.resume:
-            self.restore(self.run_dir / "checkpoint.pt")
+            if not checkpoint.exists():
+                raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir} (the run did not start "
+                                        f"training there); run without --resume to start it")
+            self.restore(checkpoint)
             self.log(f"resuming {self.run_dir} at epoch {self.epoch + 1}, step {self.step_in_epoch}")
         self.prepare_run_dir()
+        if not config.resume:
+            self.save()  # the starting state: a run killed before its first periodic checkpoint can resume
         facts = models.describe(self.core)
         self.log(f"{config.model}{' (DEQ ' + config.deq + ')' if config.deq else ''}: {facts['stored']:,} parameters "
                  f"({facts['effective_per_application']:,.0f} effective per application), mask {config.mask_mode}/"
@@ -334,7 +432,6 @@ class Trainer:
             except (KeyboardInterrupt, Interrupted):
                 if progress is not None:
                     progress.close()
-                self.flush_totals()
                 self.save()
                 self.log(f"\ninterrupted at epoch {self.epoch + 1}, step {self.step_in_epoch}: checkpoint saved; "
                          f"continue with the same options plus --resume")
@@ -345,6 +442,7 @@ class Trainer:
             self.save()
             if self.cluster.main:
                 append_metrics(self.run_dir, record)
+                crash_point("metrics")
                 extra = (f", solver steps {record['solver_steps']:.1f}, residual {record['solver_residual']:.2e}"
                          if "solver_steps" in record else "")
                 self.log(f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} acc "
@@ -353,7 +451,7 @@ class Trainer:
         return self.summarize(facts, time.perf_counter() - wall_start)
 
     def summarize(self, facts: dict, wall_time: float) -> dict:
-        records = read_metrics(self.run_dir) if self.cluster.main else []
+        records = self.history
         summary = {
             "model": self.config.model + (f" (DEQ {self.config.deq})" if self.config.deq else ""),
             "parameters": facts["stored"],
@@ -368,15 +466,18 @@ class Trainer:
             "run_dir": str(self.run_dir),
         }
         if self.cluster.main:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
             plot_curves(self.run_dir, records)
             self.log("\n" + final_table(summary))
         return summary
 
+    @staticmethod
+    def evaluated_checkpoint_path(config: TrainConfig) -> Path:
+        return Path(config.checkpoint) if config.checkpoint else Path(config.run_dir) / "checkpoint.pt"
+
     def evaluate_checkpoint(self) -> dict:
-        path = Path(self.config.checkpoint) if self.config.checkpoint else self.run_dir / "checkpoint.pt"
-        state = load_checkpoint(path, self.device)
-        self.core.load_state_dict(state["model"])
+        path = self.evaluated_checkpoint_path(self.config)
+        self.load_model_state(self.evaluated_state, path)
         loss, accuracy = self.evaluate()
         self.log(f"{path}: test loss {loss:.4f}, test accuracy {accuracy:.4f} ({len(self.data.test)} images)")
         return {"test_loss": loss, "test_accuracy": accuracy, "checkpoint": str(path)}

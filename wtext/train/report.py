@@ -13,14 +13,21 @@ def read_metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a crash; --resume rewrites the file whole
+                break
+    return records
 
 
-def truncate_metrics(run_dir: Path, epochs_done: int) -> None:
-    """On resume, drop lines of epochs after the checkpoint (an interrupted epoch may have logged nothing, but a
-    crash between logging and checkpointing could leave one line too many)."""
-    records = [r for r in read_metrics(run_dir) if r["epoch"] <= epochs_done]
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+def write_metrics(run_dir: Path, records: list[dict]) -> None:
+    """Rewrites metrics.jsonl with exactly these records (on resume: the epochs the checkpoint says finished)."""
+    from .checkpoint import write_text_atomic
+
+    write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
 
 
 def plot_curves(run_dir: Path, records: list[dict]) -> Path | None:
