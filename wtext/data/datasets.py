@@ -71,6 +71,9 @@ def _assemble(paths: list[Path], reader, device, shard: tuple[int, int]) -> Spli
 
 def _batch_files(data_dir: Path, names: list[str], what: str) -> list[Path]:
     paths = [data_dir / name for name in names]
+    for path in paths:
+        if path.exists() and not path.is_file():
+            raise DatasetError(path, f"is a directory, not a {what} batch file")
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise DatasetError(missing[0], f"file not found ({what} expects {', '.join(names)} in {data_dir})")
@@ -114,4 +117,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, device: torch
         reader, classes = read_imagenet32_batch, 1000
     train = _assemble(train_files, reader, device, shard)
     test = _assemble(test_files, reader, device, (0, 1))
+    for split, files, what in ((train, train_files, "training"), (test, test_files, "test")):
+        if len(split) == 0:
+            raise DatasetError(files[0].parent, f"the {what} files ({', '.join(p.name for p in files)}) hold no "
+                                                f"images")
     return Dataset(name, train, test, classes, mean, std)

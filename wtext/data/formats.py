@@ -4,13 +4,13 @@ Every reader checks what it reads and raises DatasetError naming the file and th
 truncated or unreadable one, a wrong array size, labels out of range.
 """
 
-import pickle
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from .errors import DatasetError
+from .safe_pickle import RefusedPickle, load_batch_pickle
 
 IMAGE_BYTES = 3 * 32 * 32
 
@@ -20,12 +20,20 @@ def _unpickle(path: Path) -> dict:
         raise DatasetError(path, "file not found")
     try:
         with path.open("rb") as handle:
-            batch = pickle.load(handle, encoding="bytes")
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as error:
-        raise DatasetError(path, f"not a readable pickle batch (truncated or corrupt?): {error}") from None
+            batch = load_batch_pickle(handle)
+    except RefusedPickle as error:
+        raise DatasetError(path, str(error)) from None
+    except OSError as error:
+        raise DatasetError(path, f"cannot read: {error.strerror or error}") from None
+    except Exception as error:  # a damaged pickle raises almost any type
+        raise DatasetError(path, f"not a readable pickle batch (truncated or corrupt?): "
+                                 f"{type(error).__name__}: {error}") from None
     if not isinstance(batch, dict):
         raise DatasetError(path, f"expected a pickled dict, found {type(batch).__name__}")
-    return {key.decode() if isinstance(key, bytes) else key: value for key, value in batch.items()}
+    try:
+        return {key.decode() if isinstance(key, bytes) else key: value for key, value in batch.items()}
+    except UnicodeDecodeError:
+        raise DatasetError(path, "a key of the pickled dict is not text") from None
 
 
 def _load_npz(path: Path) -> dict:
@@ -42,9 +50,19 @@ def _check_batch(path: Path, batch: dict, num_classes: int, label_offset: int) -
     """Images as uint8 [N, 3, 32, 32] and labels as int64 in [0, num_classes), after validation."""
     for key in ("data", "labels"):
         if key not in batch:
-            raise DatasetError(path, f"missing key {key!r} (found {sorted(batch)})")
-    data = np.asarray(batch["data"])
-    labels = np.asarray(batch["labels"])
+            raise DatasetError(path, f"missing key {key!r} (found {sorted(map(str, batch))})")
+    data, labels = batch["data"], batch["labels"]
+    if not isinstance(data, np.ndarray):
+        raise DatasetError(path, f"'data' must be a numpy array, found {type(data).__name__}")
+    if isinstance(labels, (list, tuple)):
+        if not all(isinstance(label, (int, np.integer)) and not isinstance(label, bool) for label in labels):
+            odd = next(label for label in labels if not isinstance(label, (int, np.integer)) or
+                       isinstance(label, bool))
+            raise DatasetError(path, f"'labels' must be integers, found {odd!r} ({type(odd).__name__})")
+        labels = np.asarray(labels, dtype=np.int64)
+    elif not isinstance(labels, np.ndarray):
+        raise DatasetError(path, f"'labels' must be a list or numpy array of integers, found "
+                                 f"{type(labels).__name__}")
     if data.dtype != np.uint8:
         raise DatasetError(path, f"'data' must be uint8, found {data.dtype}")
     if data.ndim != 2 or data.shape[1] != IMAGE_BYTES:
@@ -52,7 +70,7 @@ def _check_batch(path: Path, batch: dict, num_classes: int, label_offset: int) -
     if labels.ndim != 1 or labels.shape[0] != data.shape[0]:
         raise DatasetError(path, f"'labels' must hold one label per image ({data.shape[0]}), found shape "
                                  f"{labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer):
+    if not np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_:
         raise DatasetError(path, f"'labels' must be integers, found {labels.dtype}")
     labels = labels.astype(np.int64) - label_offset
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
@@ -87,5 +105,9 @@ def count_batch_images(path: Path) -> int:
             raise DatasetError(path, f"not a readable npz archive (truncated or corrupt?): {error}") from None
     batch = _unpickle(path)
     if "labels" not in batch:
-        raise DatasetError(path, f"missing key 'labels' (found {sorted(batch)})")
-    return len(batch["labels"])
+        raise DatasetError(path, f"missing key 'labels' (found {sorted(map(str, batch))})")
+    try:
+        return len(batch["labels"])
+    except TypeError:
+        raise DatasetError(path, f"'labels' must be a list or numpy array of integers, found "
+                                 f"{type(batch['labels']).__name__}") from None

@@ -10,6 +10,7 @@ The numpy RNG state is therefore stored as a tensor, not as the array numpy hand
 import os
 import pickle
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -76,9 +77,16 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path}: refused to load: it holds objects other than tensors and plain data (a wtext "
-                         f"checkpoint never does; it may be from an older wtext or crafted): {first_line}") from None
+        # torch words this in several ways; what matters is whether the file names a Python global to import.
+        text = str(error)
+        named = re.search(r"GLOBAL ([\w.]+)", text)
+        if named:
+            raise ValueError(f"{path}: refused to load: it names the Python object {named.group(1)} (a wtext "
+                             f"checkpoint holds only tensors and plain data; this file is from an older wtext, "
+                             f"another program, or crafted to run code)") from None
+        detail = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else text
+        detail = " ".join(detail.split("Check the documentation")[0].split())
+        raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupt?): {detail[:200]}") from None
     except Exception as error:  # torch raises several types for a damaged file
         raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupt?): {error}") from None
     if not isinstance(state, dict) or "model" not in state:

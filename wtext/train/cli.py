@@ -21,6 +21,7 @@ def _base_type(annotation):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m wtext.train",
+        allow_abbrev=False,  # --epoch must not silently mean --epochs
         description="Train and evaluate a weight-tied (multi-mask) model or its DEQ twin. Every option can also be "
                     "set in a TOML or YAML file given with --config; options on the command line win.",
     )

@@ -96,8 +96,10 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {name}={getattr(self, name)}")
-        if self.depth is not None and self.depth < 1:
-            raise ValueError(f"depth must be >= 1; got depth={self.depth}")
+        for name in ("width", "depth"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1; got {name}={value}")
         if self.density is not None and not 0 < self.density <= 1:
             raise ValueError(f"density must be in (0, 1]; got density={self.density}")
         if not self.lr > 0:
