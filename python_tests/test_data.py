@@ -220,3 +220,53 @@ def test_download_verifies_the_checksum(file_server, tmp_path):
     assert not (tmp_path / "out" / "bad.bin").exists() and not (tmp_path / "out" / "bad.bin.part").exists()
     with pytest.raises(OSError, match=r"downloading .*/missing.bin failed"):
         download(f"{url}/missing.bin", tmp_path / "out" / "missing.bin", good)
+
+
+def test_digits_are_the_real_sklearn_digits_upsampled_with_a_fixed_split():
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    data = load_dataset("digits")
+    assert (len(data.train), len(data.test), data.num_classes) == (1437, 360, 10)
+    assert data.train.images.dtype == torch.uint8 and data.train.images.shape[1:] == (3, 32, 32)
+    assert not data.flip  # a mirrored digit is not the same digit
+    again = load_dataset("digits", seed=7)  # the split does not depend on the run's seed
+    assert torch.equal(again.test.images, data.test.images) and torch.equal(again.test.labels, data.test.labels)
+    # Every image is one of sklearn's, upsampled, with its label: averaging 4x4 blocks gives back (nearly) the 8x8
+    # grid, whose nearest sklearn image carries the same label.
+    pixels, labels = sklearn_datasets.load_digits(return_X_y=True)
+    both = torch.cat([data.train.images, data.test.images])[:, 0].float()
+    coarse = F.avg_pool2d(both[:, None], 4).flatten(1) * 16 / 255
+    nearest = torch.cdist(coarse, torch.from_numpy(pixels).float()).argmin(1)
+    ours = torch.cat([data.train.labels, data.test.labels])
+    assert (torch.from_numpy(labels)[nearest] == ours).float().mean() > 0.99
+    assert len(set(nearest.tolist())) > 0.97 * len(labels)  # nearly every sklearn image appears once
+    assert torch.equal(ours.bincount(), torch.from_numpy(np.bincount(labels)))
+
+
+def test_digits_without_scikit_learn_is_a_clear_error(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_sklearn(name, *args, **kwargs):
+        if name.startswith("sklearn"):
+            raise ImportError("No module named 'sklearn'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_sklearn)
+    with pytest.raises(DatasetError, match=r"digits: needs scikit-learn.*pip install scikit-learn"):
+        load_dataset("digits")
+
+
+def test_no_flip_keeps_images_unmirrored():
+    images = torch.arange(4 * 3 * 8 * 8, dtype=torch.uint8).view(4, 3, 8, 8)
+    split = Split(images, torch.arange(4))
+    for flip in (False, True):
+        loader = DeviceLoader(split, 4, (0, 0, 0), (1, 1, 1), train=True, pad=0, flip=flip)
+        mirrored = 0
+        for epoch in range(4):
+            for batch, labels in loader.epoch(epoch):
+                expected = loader.normalize(images[labels])
+                mirrored += sum(not torch.equal(b, e) for b, e in zip(batch, expected))
+                if not flip:
+                    assert torch.equal(batch, expected)
+        assert (mirrored > 0) == flip

@@ -185,7 +185,10 @@ def test_accounting_of_a_dense_model_has_no_savings():
     (tiny_resnet, "stages", 0, r"stages must be an int >= 1"),
     (tiny_vit, "depth", -1, r"depth must be an int >= 1; got depth=-1"),
     (tiny_vit, "heads", 3, r"dim must be divisible by heads; got dim=16, heads=3"),
-    (tiny_vit, "pool", "max", r"pool must be 'cls' or 'mean'"),
+    (tiny_vit, "pool", "max", r"pool must be one of attention, cls, mean; got pool='max'"),
+    (tiny_vit, "tokenizer", "pixels", r"tokenizer must be 'conv' or 'patch'; got tokenizer='pixels'"),
+    (tiny_vit, "patch", 3, r"patch must be a power of 2; got patch=3"),
+    (tiny_resnet, "head_grid", 0, r"head_grid must be an int >= 1; got head_grid=0"),
 ])
 def test_bad_model_options(build, option, value, message):
     with pytest.raises(ValueError, match=message):
@@ -246,3 +249,24 @@ def test_cuda_bf16_autocast_matches_the_reference_path(build):
     with torch.autocast("cuda", dtype=torch.bfloat16):
         reference = model(x).float()
     torch.testing.assert_close(ours, reference, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("tokenizer", ["conv", "patch"])
+@pytest.mark.parametrize("pool", ["attention", "cls", "mean"])
+def test_vit_heads_and_tokenizers_train_every_parameter(tokenizer, pool):
+    model = tiny_vit(tokenizer=tokenizer, pool=pool)
+    assert (model.cls_token is not None) == (pool == "cls")
+    x = torch.randn(3, 3, 16, 16)
+    logits = model(x)
+    assert logits.shape == (3, 10)
+    logits.square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    assert model(torch.randn(2, 3, 24, 24)).shape == (2, 10)  # another size: positional embedding interpolated
+
+
+@pytest.mark.parametrize("grid", [1, 2, 4])
+def test_resnet_grid_head_reads_each_cell_of_the_last_stage(grid):
+    model = tiny_resnet(head_grid=grid).eval()
+    assert model.head.in_features == 16 * grid * grid
+    logits = model(torch.randn(2, 3, 16, 16))
+    assert logits.shape == (2, 10) and logits.isfinite().all()

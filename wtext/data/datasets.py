@@ -1,4 +1,5 @@
-"""Data sets by name: "synthetic" (embedded, no download), "cifar10" and "imagenet32" (from --data-dir).
+"""Data sets by name: "synthetic" (embedded, no download), "digits" (real handwritten digits shipped with
+scikit-learn, no download), "cifar10" and "imagenet32" (from --data-dir).
 
 A data set is a pair of splits, each images uint8 [N, 3, 32, 32] and labels int64 [N], as torch tensors. Large
 sets are assembled batch file by batch file into one preallocated tensor, so host memory holds the set once plus
@@ -11,14 +12,16 @@ from pathlib import Path
 import torch
 
 from . import synthetic
+from .digits import load_digits_splits
 from .errors import DatasetError
 from .formats import count_batch_images, read_cifar10_batch, read_imagenet32_batch
 
-DATASETS = ("synthetic", "cifar10", "imagenet32")
+DATASETS = ("synthetic", "digits", "cifar10", "imagenet32")
 
 # Per-channel mean and std of the training images, for normalization.
 STATISTICS = {
     "synthetic": ((0.50, 0.50, 0.50), (0.29, 0.29, 0.29)),
+    "digits": ((0.3052, 0.3052, 0.3052), (0.3236, 0.3236, 0.3236)),  # of its fixed training split
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "imagenet32": ((0.4811, 0.4575, 0.4078), (0.2605, 0.2533, 0.2684)),
 }
@@ -41,6 +44,7 @@ class Dataset:
     num_classes: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    flip: bool = True  # whether a horizontal flip keeps an image's class (it does not for digits)
 
 
 def _assemble(paths: list[Path], reader, device, shard: tuple[int, int]) -> Split:
@@ -102,6 +106,11 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, device: torch
         rank, world = shard
         train = Split(train_images[rank::world].to(device), train_labels[rank::world].to(device))
         return Dataset(name, train, Split(test_images.to(device), test_labels.to(device)), 10, mean, std)
+    if name == "digits":
+        (train_images, train_labels), (test_images, test_labels) = load_digits_splits()
+        rank, world = shard
+        train = Split(train_images[rank::world].to(device), train_labels[rank::world].to(device))
+        return Dataset(name, train, Split(test_images.to(device), test_labels.to(device)), 10, mean, std, flip=False)
     if data_dir is None:
         raise ValueError(f"dataset {name!r} is read from files: give --data-dir (no download happens here)")
     data_dir = Path(data_dir)

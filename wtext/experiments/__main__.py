@@ -5,7 +5,7 @@
                                      [--out results/NAME] [--epochs N] [--train-images N] [--test-images N]
                                      [--dry-run]
 
-NAME: masks, density, width-depth, deq, cka (docs/experiments.md maps each to the claim it checks). Every run
+NAME: masks, density, width-depth, deq, cka, quality (docs/experiments.md maps each to the claim it checks). Every run
 trains into OUT/runs/RUN; runs that already finished with the same options are skipped, so an interrupted sweep
 resumes. OUT gets results.md (table), a PNG plot and results.json (raw metrics of every run).
 """
@@ -43,16 +43,16 @@ def main(argv=None) -> int:
         if not args.data_dir:
             parser.error("--scale paper trains on CIFAR-10 or ImageNet32: give --data-dir")
         base.update(data_dir=args.data_dir, dataset=args.dataset or "cifar10")
-    for option, field in (("epochs", "epochs"), ("train_images", "synthetic_train"), ("test_images", "synthetic_test")):
-        if getattr(args, option) is not None:
-            base[field] = getattr(args, option)
+    given = {field: getattr(args, option) for option, field in
+             (("epochs", "epochs"), ("train_images", "synthetic_train"), ("test_images", "synthetic_test"))
+             if getattr(args, option) is not None}
     experiment = EXPERIMENTS[args.name]
     out_dir = Path(args.out or f"results/{args.name}-{args.scale}")
     if not args.dry_run:
         out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     print(f"{experiment.name} ({args.scale} scale) -> {out_dir}\nclaim: {experiment.claim}", flush=True)
-    sweep = Sweep(out_dir, base, lambda message: print(message, flush=True), dry_run=args.dry_run)
+    sweep = Sweep(out_dir, base, lambda message: print(message, flush=True), dry_run=args.dry_run, given=given)
     try:
         body = experiment.run(out_dir, args.scale, sweep)
     except PlanShown:

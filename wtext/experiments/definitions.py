@@ -207,3 +207,52 @@ def cka_experiment(out_dir, scale, sweep):
         off_diagonal = (matrix.sum() - matrix.diagonal().sum()) / (count * count - count)
         rows.append([name, count, off_diagonal.item(), best(results[name])])
     return markdown_table(["run", "representations", "mean off-diagonal CKA", "best acc"], rows)
+
+
+QUALITY_MODELS = {"quick": ("resnet-tiny", "vit-tiny", "cnn-reference"),
+                  "paper": ("resnet-small", "vit-small", "cnn-reference")}
+QUALITY_DATASETS = {"quick": ("digits", "synthetic"), "paper": ("digits", "synthetic")}
+QUALITY_SEEDS = 3
+# The default main job's budget (python -m wtext.train): its epochs, batch size and learning rate.
+QUALITY_BUDGET = dict(epochs=6, batch_size=64, lr=1e-3, width=None, depth=None)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    spread = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return mean, spread
+
+
+@experiment("quality", "The tied models learn as well as a plain CNN trained the same way (same epochs, optimizer, "
+                       "seeds).")
+def quality_experiment(out_dir, scale, sweep):
+    runs = {f"{dataset}-{model}-s{seed}": {**QUALITY_BUDGET, "dataset": dataset, "model": model, "seed": seed}
+            for dataset in QUALITY_DATASETS[scale] for model in QUALITY_MODELS[scale] for seed in range(QUALITY_SEEDS)}
+    results = sweep.run(runs)
+    save_raw(out_dir, results)
+    final = {name: r["summary"]["final_test_accuracy"] for name, r in results.items()}
+    rows, bars = [], []
+    for dataset in QUALITY_DATASETS[scale]:
+        reference = [final[f"{dataset}-cnn-reference-s{seed}"] for seed in range(QUALITY_SEEDS)]
+        for model in QUALITY_MODELS[scale]:
+            accuracies = [final[f"{dataset}-{model}-s{seed}"] for seed in range(QUALITY_SEEDS)]
+            mean, spread = mean_std(accuracies)
+            gap_mean, gap_spread = mean_std([a - b for a, b in zip(accuracies, reference)])  # paired by seed
+            parameters = results[f"{dataset}-{model}-s0"]["summary"]["parameters"]
+            rows.append([dataset, model, parameters, f"{mean:.4f} ± {spread:.4f}",
+                         f"{min(accuracies):.4f} .. {max(accuracies):.4f}",
+                         "—" if model == "cnn-reference" else f"{gap_mean:+.4f} ± {gap_spread:.4f}"])
+            bars.append((f"{dataset}\n{model}", mean, spread))
+
+    def draw(axis):
+        axis.bar(range(len(bars)), [b[1] for b in bars], yerr=[b[2] for b in bars], capsize=4,
+                 color=["#c63", "#69c", "#999"] * len(QUALITY_DATASETS[scale]))
+        axis.set_xticks(range(len(bars)), [b[0] for b in bars], fontsize=7)
+        axis.set(ylabel="final test accuracy", title="tied models against the plain CNN")
+
+    plot(out_dir / "quality.png", draw)
+    budget = ", ".join(f"{k} {v}" for k, v in QUALITY_BUDGET.items() if v is not None)
+    note = (f"Each cell: final test accuracy over {QUALITY_SEEDS} seeds (mean ± sample std, then min .. max), "
+            f"{budget}, Adam, the default augmentation. The last column is the paired difference to the plain CNN "
+            f"of the same seed (mean ± std over seeds).\n\n")
+    return note + markdown_table(["data", "model", "stored params", "final acc", "range", "vs plain CNN"], rows)

@@ -1,6 +1,7 @@
 """Weight-tied ResNet-like and Transformer-like models (dense / same-mask / multi-mask) and their DEQ twins."""
 
 from .accounting import describe
+from .reference import PlainCNN, PlainCNNConfig
 from .presets import (DEQ_VARIANTS, PRESETS, build_model, deq_variant, list_presets, model_from_config,
                       preset_config, register_preset)
 from .resnet import ResidualCell, TiedResNet, TiedResNetConfig
@@ -9,6 +10,8 @@ from .vit import TiedViT, TiedViTConfig, TransformerBlock
 __all__ = [
     "DEQ_VARIANTS",
     "PRESETS",
+    "PlainCNN",
+    "PlainCNNConfig",
     "ResidualCell",
     "TiedResNet",
     "TiedResNetConfig",

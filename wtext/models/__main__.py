@@ -43,15 +43,17 @@ def main(argv=None) -> None:
         config = preset_config(args.preset, **overrides)
         mask_changes = {k: v for k, v in (("mode", args.mask_mode), ("density", args.density),
                                           ("pattern", args.pattern)) if v is not None}
+        if mask_changes and not hasattr(config, "mask"):
+            raise ValueError(f"preset {args.preset!r} has no masks")
         if mask_changes:
             config = dataclasses.replace(config, mask=dataclasses.replace(config.mask, **mask_changes))
         model = model_from_config(config)
     except ValueError as error:
         parser.error(str(error))
     facts = describe(model, args.image_size, args.image_size)
-    mask: MaskSpec = config.mask
-    print(f"{args.preset}: {type(model).__name__}, mask {mask.mode} / {mask.pattern} / density {mask.density}"
-          + (f", DEQ twin ({args.deq})" if args.deq else ""))
+    mask: MaskSpec | None = getattr(config, "mask", None)
+    masking = f"mask {mask.mode} / {mask.pattern} / density {mask.density}" if mask else "no masks"
+    print(f"{args.preset}: {type(model).__name__}, {masking}" + (f", DEQ twin ({args.deq})" if args.deq else ""))
     print(f"  stored parameters                     {facts['stored']:>14,.0f}")
     print(f"    of which tied (shared, masked)      {facts['tied_stored']:>14,.0f}")
     print(f"  effective parameters per application  {facts['effective_per_application']:>14,.0f}")

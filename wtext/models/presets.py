@@ -7,6 +7,7 @@ from torch import nn
 
 from wtext.deq import DEQConfig
 
+from .reference import PlainCNN, PlainCNNConfig
 from .resnet import TiedResNet, TiedResNetConfig
 from .vit import TiedViT, TiedViTConfig
 
@@ -49,14 +50,20 @@ def _resnet_tiny():
     return TiedResNetConfig(width=16, expansion=2, depth=3, stages=2, groups=4)
 
 
-@register_preset("vit-small", "ViT-like: dim 192, 3 heads, depth 6, patch 4, mask density 0.9")
+@register_preset("vit-small", "ViT-like: conv tokenizer to 8x8 tokens, dim 192, 3 heads, depth 6, mask density 0.9")
 def _vit_small():
     return TiedViTConfig(dim=192, heads=3, depth=6, patch=4)
 
 
-@register_preset("vit-tiny", "ViT-like for quick CPU runs: dim 64, 2 heads, depth 4, patch 4")
+@register_preset("vit-tiny", "ViT-like for quick CPU runs: conv tokenizer to 8x8 tokens, dim 64, 2 heads, depth 4")
 def _vit_tiny():
     return TiedViTConfig(dim=64, heads=2, depth=4, patch=4)
+
+
+@register_preset("cnn-reference", "plain CNN to measure the tied models against: 3 convs + GroupNorm, 2 max-pools, "
+                                  "linear head on the flattened map (~35K parameters); no tied weights, no masks")
+def _cnn_reference():
+    return PlainCNNConfig(width=16)
 
 
 def list_presets() -> dict[str, str]:
@@ -92,6 +99,8 @@ def model_from_config(config) -> nn.Module:
         return TiedResNet(config)
     if isinstance(config, TiedViTConfig):
         return TiedViT(config)
+    if isinstance(config, PlainCNNConfig):
+        return PlainCNN(config)
     raise TypeError(f"no model for a config of type {type(config).__name__}")
 
 

@@ -38,12 +38,12 @@ class TrainConfig:
     deq: str | None = option(None, "train the DEQ twin with this variant instead of the weight-tied model",
                              choices=sorted(DEQ_VARIANTS))
     # Data
-    dataset: str = option("synthetic", "synthetic (embedded), cifar10 or imagenet32", choices=DATASETS)
+    dataset: str = option("synthetic", "synthetic (embedded), digits (real 8x8 digits from scikit-learn, upsampled), cifar10 or imagenet32", choices=DATASETS)
     data_dir: str | None = option(None, "folder with the CIFAR-10 / ImageNet32 batch files")
     synthetic_train: int = option(8000, "training images of the synthetic set")
     synthetic_test: int = option(2000, "test images of the synthetic set")
     batch_size: int = option(64, "global batch size (split across data-parallel ranks)")
-    augment: bool = option(True, "random crop (pad 4) and horizontal flip on the device")
+    augment: bool = option(True, "random crop (pad 4) and horizontal flip (not for digits) on the device")
     # Optimization
     epochs: int = option(6, "training epochs")
     optimizer: str = option("adam", "adam or sgd (with momentum)", choices=OPTIMIZERS)

@@ -59,17 +59,21 @@ def select_device(name: str, cluster: Cluster) -> torch.device:
 
 
 def model_for(config: TrainConfig, num_classes: int) -> nn.Module:
+    """The model a TrainConfig describes. Options a preset does not have (a plain CNN's depth or mask) are errors
+    when set, and left out when at their defaults."""
     preset = models.preset_config(config.model)
+    has = {f.name for f in dataclasses.fields(preset)}
     overrides = {"num_classes": num_classes}
-    if config.width is not None:
-        overrides["width"] = config.width
-    if config.depth is not None:
-        overrides["depth"] = config.depth
-    if config.deq is not None:
-        overrides["deq"] = config.deq
-    density = preset.mask.density if config.density is None else config.density
-    overrides["mask"] = MaskSpec(mode=config.mask_mode, density=density, pattern=config.pattern, nm=config.nm_pair(),
-                                 seed=config.mask_seed)
+    for name in ("width", "depth", "deq"):
+        value = getattr(config, name)
+        if value is not None:
+            if name not in has:
+                raise ValueError(f"model {config.model} has no {name}; drop --{name}")
+            overrides[name] = value
+    if "mask" in has:
+        density = preset.mask.density if config.density is None else config.density
+        overrides["mask"] = MaskSpec(mode=config.mask_mode, density=density, pattern=config.pattern,
+                                     nm=config.nm_pair(), seed=config.mask_seed)
     return models.build_model(config.model, **overrides)
 
 
@@ -152,7 +156,7 @@ class Trainer:
                                  seed=config.seed, shard=(self.cluster.rank, world))
         self.channels_last = config.channels_last and self.device.type == "cuda"
         self.train_loader = DeviceLoader(self.data.train, config.batch_size // world, self.data.mean, self.data.std,
-                                         train=True, seed=config.seed, augment=config.augment,
+                                         train=True, seed=config.seed, augment=config.augment, flip=self.data.flip,
                                          channels_last=self.channels_last, rank=self.cluster.rank,
                                          interleave=config.interleave)
         if len(self.train_loader) == 0 and not config.eval_only:
