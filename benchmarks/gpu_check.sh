@@ -3,10 +3,12 @@
 #     bash benchmarks/gpu_check.sh            # everything (about 6-7 minutes on an H100)
 #     SKIP_BUILD=1 bash benchmarks/gpu_check.sh   # reuse a wtext/_C*.so already built on this machine
 #     STAGES="kernel_tests bench_deq" bash benchmarks/gpu_check.sh   # the build, then only the stages named
-#       (kernel_tests bench_ops bench_deq bench_deq_bf16 other_tests bench_loader train cmake_bench; default all)
+#       (kernel_tests bench_ops bench_deq bench_deq_bf16 other_tests bench_loader train cmake_bench sanitizer;
+#        default all)
 # It builds wtext against the machine's torch, runs the CUDA tests (they run here, and only here),
 # the op benchmarks (workload A), the DEQ benchmark (workload B), the loader benchmark, a short training run and
-# the C++ benchmark, and ends with a short summary.
+# the C++ benchmark, compute-sanitizer (memcheck, racecheck) over the kernels' CUDA tests, and ends with a short
+# summary.
 # Output goes to $OUT (the device tool's output folder) or ./gpu_check_out: the whole log, gpu_check.log, and the
 # summary, summary.txt. (The built extension, ~15 MB, is over what the device tool brings back, so it is not kept.)
 set -uo pipefail
@@ -27,7 +29,7 @@ PYTHON="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # wtext is built in place, not installed
 declare -a SUMMARY=()
 STAGES="${STAGES:-all}"
-KNOWN_STAGES="kernel_tests bench_ops bench_deq bench_deq_bf16 other_tests bench_loader train cmake_bench"
+KNOWN_STAGES="kernel_tests bench_ops bench_deq bench_deq_bf16 other_tests bench_loader train cmake_bench sanitizer"
 for stage in $STAGES; do  # a misspelt stage would select nothing and pass: refuse it
   [ "$stage" = all ] || [[ " $KNOWN_STAGES " == *" $stage "* ]] || {
     echo "gpu_check.sh: unknown stage '$stage' in STAGES; known: $KNOWN_STAGES" >&2; exit 2; }
@@ -107,6 +109,25 @@ if want cmake_bench; then
   fi
 fi
 
+# compute-sanitizer over the CUDA cases of the kernels' tests: memcheck (out-of-bounds and misaligned accesses,
+# reads of uninitialized device memory through initcheck's cousin) and racecheck (shared-memory hazards). PyTorch's
+# caching allocator would hide out-of-bounds accesses inside its own blocks, hence PYTORCH_NO_CUDA_MEMORY_CACHING.
+# Kernels run many times slower under the tools, so the stage takes the kernels' test files only, one process.
+SANITIZED_TESTS=(python_tests/test_masks.py python_tests/test_tied_masked_weights.py python_tests/test_anderson_step.py
+                 python_tests/test_anderson_tracked_step.py python_tests/test_masked_layers.py)
+SANITIZER="$CUDA_HOME/bin/compute-sanitizer"
+[ -x "$SANITIZER" ] || SANITIZER="$(command -v compute-sanitizer || true)"
+if want sanitizer && [ -z "$SANITIZER" ]; then
+  echo "== sanitizer: no compute-sanitizer in $CUDA_HOME/bin or on PATH" | tee -a "$LOG"
+  SUMMARY+=("sanitizer      FAIL (compute-sanitizer not found)")
+elif want sanitizer; then
+  for tool in memcheck racecheck; do
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 step "sanitize_$tool" 150 "$SANITIZER" --tool "$tool" --error-exitcode 86 \
+      --print-limit 20 --target-processes all "$PYTHON" -m pytest --cuda-only -q -x -p no:cacheprovider \
+      "${SANITIZED_TESTS[@]}"
+  done
+fi
+
 {
   echo
   echo "== summary (log: $LOG)"
@@ -119,6 +140,7 @@ fi
   grep -h -E "^host reads|^cell alone" "$LOG"
   grep -h -A2 -E "^crop" "$LOG"
   grep -h -E "^epoch [0-9]+:" "$LOG"
+  grep -h -E "========= (ERROR SUMMARY|RACECHECK SUMMARY)" "$LOG"
 } 2>/dev/null | tee "$LOG_DIR/summary.txt"
 # The exit status says whether every stage that ran passed (not whether the summary found each kind of line).
 [[ "${SUMMARY[*]}" != *FAIL* ]]
