@@ -25,6 +25,8 @@
 
 #include <torch/library.h>
 
+#include <utility>
+
 #include "anderson/anderson_solve.h"
 
 namespace wtext {
@@ -48,15 +50,17 @@ AndersonStepParams check_anderson_step(const at::Tensor& x, const at::Tensor& fx
   TORCH_CHECK(gram.dim() == 3 && gram.size(0) == x.size(0) && gram.size(1) == window && gram.size(2) == window,
               "anderson_step: gram must have shape [B, m, m] = [", x.size(0), ", ", window, ", ", window,
               "]; got gram.shape=", gram.sizes());
-  for (const at::Tensor* tensor : {&fx, &g_history, &f_history, &gram}) {
+  const std::pair<const char*, const at::Tensor*> others[] = {
+      {"fx", &fx}, {"g_history", &g_history}, {"f_history", &f_history}, {"gram", &gram}};
+  for (const auto& [name, tensor] : others) {
     TORCH_CHECK(tensor->scalar_type() == x.scalar_type(), "anderson_step: all tensors must have x's dtype ",
-                x.scalar_type(), "; got ", tensor->scalar_type());
+                x.scalar_type(), "; got ", name, ".dtype=", tensor->scalar_type());
     TORCH_CHECK(tensor->device() == x.device(), "anderson_step: all tensors must be on x's device ", x.device(),
-                "; got ", tensor->device());
+                "; got ", name, ".device=", tensor->device());
   }
-  for (const at::Tensor* tensor : {&g_history, &f_history, &gram}) {
-    TORCH_CHECK(tensor->is_contiguous(), "anderson_step: g_history, f_history and gram must be contiguous "
-                "(they are updated in place)");
+  for (const auto& [name, tensor] : others) {
+    TORCH_CHECK(tensor == &fx || tensor->is_contiguous(), "anderson_step: g_history, f_history and gram must be "
+                "contiguous (they are updated in place); got a non-contiguous ", name);
   }
   TORCH_CHECK(step >= 0, "anderson_step: step must be >= 0; got step=", step);
   TORCH_CHECK(lam >= 0 && std::isfinite(lam), "anderson_step: lam must be a finite number >= 0; got lam=", lam);

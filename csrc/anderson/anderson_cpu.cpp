@@ -59,13 +59,15 @@ ResidualNorms update_gram_row(const AndersonStepParams& p, const scalar_t* xb, c
 }
 
 // x_next = sum_i alpha_i f_i - (1 - beta) sum_i alpha_i g_i, accumulated in float64 slot by slot (contiguous
-// streams the compiler vectorizes); beta = 1 never reads the residuals.
+// streams the compiler vectorizes); beta = 1 never reads the residuals. A slot with alpha_i = 0 is skipped, not
+// added as 0 * f_i: it may hold a non-finite residual (anderson_weights_of_finite_slots), and 0 * NaN is NaN.
 template <typename scalar_t>
 void mix(const AndersonStepParams& p, const double* alpha, const scalar_t* gh, const scalar_t* fh, double* mixed,
          scalar_t* out) {
   const double damping = 1 - p.beta;
   std::fill(mixed, mixed + p.dim, 0.0);
   for (int64_t i = 0; i < p.valid; ++i) {
+    if (alpha[i] == 0) continue;
     const scalar_t* fi = fh + i * p.dim;
     for (int64_t k = 0; k < p.dim; ++k) mixed[k] += alpha[i] * double(fi[k]);
     if (damping != 0) {
@@ -107,8 +109,8 @@ void anderson_step_loop(const AndersonStepParams& p, const scalar_t* x, const sc
         for (int64_t j = 0; j < p.valid; ++j) gram_window[i * p.valid + j] = gb[i * p.window + j];
       }
       double alpha[kMaxAndersonWindow];
-      anderson_weights<double>(gram_window, static_cast<int>(p.valid), static_cast<int>(p.valid),
-                               static_cast<int>(p.slot), p.lam, alpha);
+      anderson_weights_of_finite_slots<double>(gram_window, static_cast<int>(p.valid), static_cast<int>(p.slot), p.lam,
+                                               alpha);
       mix(p, alpha, gh, fh, mixed.data(), out);
     }
   });

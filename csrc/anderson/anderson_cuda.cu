@@ -143,8 +143,8 @@ __global__ void solve_kernel(const AndersonStepParams p, const scalar_t* __restr
     for (int64_t j = 0; j < p.valid; ++j) gram_window[i * p.valid + j] = double(gb[i * p.window + j]);
   }
   double weights[kMaxAndersonWindow];
-  anderson_weights<double>(gram_window, static_cast<int>(p.valid), static_cast<int>(p.valid), static_cast<int>(p.slot),
-                           p.lam, weights);
+  anderson_weights_of_finite_slots<double>(gram_window, static_cast<int>(p.valid), static_cast<int>(p.slot), p.lam,
+                                           weights);
   for (int64_t i = 0; i < p.valid; ++i) sample[kAlpha + i] = weights[i];
 }
 
@@ -173,6 +173,8 @@ __global__ void mix_kernel(const AndersonStepParams p, const scalar_t* __restric
     double mixed[kVec] = {};
     for (int64_t i = 0; i < p.valid; ++i) {
       const double alpha = sample[kAlpha + i];
+      // skipped, not added as 0 * f_i: the slot may hold a non-finite residual (anderson_weights_of_finite_slots)
+      if (alpha == 0.0) continue;
       const Pack<scalar_t, kVec> f = load_pack<kVec>(fh + i * p.dim + k);
       Pack<scalar_t, kVec> g{};
       if (kDamped) g = load_pack<kVec>(gh + i * p.dim + k);  // beta = 1 never reads the residuals

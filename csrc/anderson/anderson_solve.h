@@ -5,7 +5,8 @@
 // i.e. alpha = w / sum(w) with (H + lam I) w = 1. H is first divided by its mean diagonal so that `lam` is relative
 // to the residual scale, then factorized with Cholesky. Whenever the system is singular, ill-conditioned beyond
 // repair or produces a non-finite weight, the step falls back to plain fixed-point iteration (alpha = e_newest):
-// an Anderson step never yields NaN from its own linear algebra.
+// an Anderson step never yields NaN from its own linear algebra. Slots whose residual is not finite are left out of
+// the system (anderson_weights_of_finite_slots), so one non-finite step does not poison the m - 1 steps after it.
 #pragma once
 
 #include <cmath>
@@ -98,6 +99,42 @@ WTEXT_HD bool anderson_weights(const acc_t* gram, int stride, int n, int newest,
   }
   for (int i = 0; i < n; ++i) alpha[i] = w[i] / total;
   return true;
+}
+
+// The weights over the slots of the window whose residual is finite, 0 for the others; the mixes skip every slot
+// whose weight is 0. A slot holding a non-finite residual (an f(x) that was NaN or overflowed at some earlier step)
+// stays in the ring buffer for up to m - 1 more steps. Left in, it made every Gram system non-finite, so each of those
+// steps fell back to a plain step, whose mix still multiplied that slot's image by its weight 0: NaN again, though
+// x and f(x) were finite. A slot is finite exactly when its Gram diagonal is (a sum of squares of its residual in
+// float64; and g = f - x finite means f and x are), and the newest row is checked too, as it was just computed.
+// `gram` is a local n x n copy (row stride n), compacted in place onto the finite slots. Returns whether the
+// Anderson weights were used (false: a plain step, alpha = e_newest).
+template <typename acc_t>
+WTEXT_HD bool anderson_weights_of_finite_slots(acc_t* gram, int n, int newest, acc_t lam, acc_t* alpha) {
+  int finite_slots[kMaxAndersonWindow];
+  int count = 0;
+  int newest_at = -1;
+  for (int i = 0; i < n; ++i) {
+    if (finite_value(gram[i * n + i]) && finite_value(gram[newest * n + i])) {
+      if (i == newest) newest_at = count;
+      finite_slots[count++] = i;
+    }
+  }
+  if (newest_at < 0) {  // the newest residual itself is not finite: nothing to mix it with
+    plain_step_weights(n, newest, alpha);
+    return false;
+  }
+  // In place: entry (a, b) moves to a position at or before its own, never onto one still to be read.
+  if (count < n) {
+    for (int a = 0; a < count; ++a) {
+      for (int b = 0; b < count; ++b) gram[a * n + b] = gram[finite_slots[a] * n + finite_slots[b]];
+    }
+  }
+  acc_t compact[kMaxAndersonWindow];
+  const bool mixed = anderson_weights(gram, n, count, newest_at, lam, compact);
+  for (int i = 0; i < n; ++i) alpha[i] = acc_t(0);
+  for (int a = 0; a < count; ++a) alpha[finite_slots[a]] = compact[a];
+  return mixed;
 }
 
 }  // namespace wtext

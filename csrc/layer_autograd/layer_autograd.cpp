@@ -60,11 +60,15 @@ std::tuple<at::Tensor, at::Tensor> unpack(const LayerGradients& gradients) {
   return {std::get<0>(gradients).value_or(at::Tensor()), std::get<1>(gradients).value_or(at::Tensor())};
 }
 
-// dL/dbias = grad_out summed over every dimension but the channel one, in the bias's dtype.
+// dL/dbias = grad_out summed over every dimension but the channel one, in the bias's dtype. An unbatched linear
+// layer's grad_out is the channel dimension alone: nothing to sum, and at::sum over an empty list of dimensions would
+// sum over all of them (a scalar, which autograd rejects as bias's gradient).
 at::Tensor bias_gradient(AutogradContext* ctx, const at::Tensor& grad_out, at::IntArrayRef reduce_dims) {
   const int64_t bias_dtype = ctx->saved_data["bias_dtype"].toInt();
   if (bias_dtype < 0 || !ctx->needs_input_grad(2)) return at::Tensor();
-  return at::sum(grad_out, reduce_dims, /*keepdim=*/false, static_cast<at::ScalarType>(bias_dtype));
+  const auto dtype = static_cast<at::ScalarType>(bias_dtype);
+  if (reduce_dims.empty()) return grad_out.to(dtype);
+  return at::sum(grad_out, reduce_dims, /*keepdim=*/false, dtype);
 }
 
 // A masked weight up to this size is kept whatever x's size: at most 4 MB in float32, which no training step

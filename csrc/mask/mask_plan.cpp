@@ -1,5 +1,7 @@
 #include "mask/mask_plan.h"
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -48,9 +50,53 @@ uint64_t exact_keep_count(double density, int64_t numel) {
   return static_cast<uint64_t>(std::floor(density * static_cast<double>(numel) + 0.5));
 }
 
-// One past the k-th smallest rank key of a layer. Found with a selection over all numel keys; since it is a
-// pure function of (key, numel, k) it is computed once per process and cached (a few bytes per layer), so the
-// kernels afterwards evaluate exact-count masks as cheaply as Bernoulli ones, on any device, with no sync.
+// The top `bits` bits of a rank key (rank keys are < 2^63, see exact_rank_key).
+uint64_t rank_bucket(uint64_t rank_key, int bits) { return rank_key >> (63 - bits); }
+
+// The k-th smallest (k = keep >= 1) of the layer's numel rank keys, by a radix selection: one pass counts the keys
+// per bucket of their top bits, a second collects the keys of the one bucket that holds the k-th smallest, and the
+// selection runs over those alone. Holding all numel keys instead (8 bytes each) threw std::bad_alloc from 2^31
+// elements (16 GiB), below the 2^32 that masks support; this holds a histogram and about numel / 2^16 keys, and
+// gives the same key, so every threshold, hence every mask, is unchanged. Both passes run in parallel.
+uint64_t kth_smallest_rank_key(uint64_t key, int64_t numel, uint64_t keep) {
+  // Buckets of ~16 keys for small weights, 2^16 buckets (a 512 KiB histogram per thread) from 2^20 elements on.
+  int bits = 1;
+  while (bits < 16 && (int64_t{1} << (bits + 4)) < numel) ++bits;
+  const int64_t buckets = int64_t{1} << bits;
+  constexpr int64_t kGrain = int64_t{1} << 16;
+  std::mutex merge_mutex;
+
+  std::vector<uint64_t> counts(static_cast<size_t>(buckets), 0);
+  at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
+    std::vector<uint64_t> local(static_cast<size_t>(buckets), 0);
+    for (int64_t i = begin; i < end; ++i) ++local[rank_bucket(exact_rank_key(key, static_cast<uint64_t>(i)), bits)];
+    std::lock_guard<std::mutex> lock(merge_mutex);
+    for (int64_t b = 0; b < buckets; ++b) counts[b] += local[b];
+  });
+  uint64_t below = 0;  // keys in the buckets before `target`
+  int64_t target = 0;
+  while (below + counts[target] < keep) below += counts[target++];
+
+  std::vector<uint64_t> candidates;
+  candidates.reserve(static_cast<size_t>(counts[target]));
+  at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
+    std::vector<uint64_t> local;
+    for (int64_t i = begin; i < end; ++i) {
+      const uint64_t rank_key = exact_rank_key(key, static_cast<uint64_t>(i));
+      if (rank_bucket(rank_key, bits) == static_cast<uint64_t>(target)) local.push_back(rank_key);
+    }
+    std::lock_guard<std::mutex> lock(merge_mutex);
+    candidates.insert(candidates.end(), local.begin(), local.end());
+  });
+  // Keys are distinct, so the k-th smallest does not depend on the order the chunks were merged in.
+  auto kth = candidates.begin() + static_cast<std::ptrdiff_t>(keep - 1 - below);
+  std::nth_element(candidates.begin(), kth, candidates.end());
+  return *kth;
+}
+
+// One past the k-th smallest rank key of a layer. A pure function of (key, numel, k), so it is computed once per
+// process and cached (a few bytes per layer): the kernels afterwards evaluate exact-count masks as cheaply as
+// Bernoulli ones, on any device, with no sync.
 uint64_t exact_count_threshold(uint64_t key, int64_t numel, uint64_t keep) {
   static std::mutex cache_mutex;
   static std::map<std::tuple<uint64_t, int64_t, uint64_t>, uint64_t> cache;
@@ -60,15 +106,8 @@ uint64_t exact_count_threshold(uint64_t key, int64_t numel, uint64_t keep) {
     auto found = cache.find(cache_key);
     if (found != cache.end()) return found->second;
   }
-  uint64_t threshold = 0;
-  if (keep > 0) {
-    std::vector<uint64_t> rank_keys(static_cast<size_t>(numel));
-    for (int64_t i = 0; i < numel; ++i) rank_keys[i] = exact_rank_key(key, static_cast<uint64_t>(i));
-    auto kth = rank_keys.begin() + static_cast<std::ptrdiff_t>(keep - 1);
-    std::nth_element(rank_keys.begin(), kth, rank_keys.end());
-    // Rank keys are < 2^63, so one past the largest still fits.
-    threshold = *kth + 1;
-  }
+  // Rank keys are < 2^63, so one past the largest still fits.
+  const uint64_t threshold = keep > 0 ? kth_smallest_rank_key(key, numel, keep) + 1 : 0;
   std::lock_guard<std::mutex> lock(cache_mutex);
   cache.emplace(cache_key, threshold);
   return threshold;

@@ -8,10 +8,14 @@
 // kernel that applies the mask while loading weight tiles can replace the CUDA registration without touching the
 // schema or the Python side.
 #include <ATen/ATen.h>
+#include <c10/util/safe_numerics.h>
 #include <torch/library.h>
 
 #include <array>
+#include <cstdint>
+#include <limits>
 #include <tuple>
+#include <utility>
 
 #include "tied_masked_weights/tied_masked_weights.h"
 
@@ -25,26 +29,63 @@ at::MemoryFormat layer_memory_format(const at::Tensor& x) {
   return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
-void check_conv_arguments(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+// Checks the arguments of a masked conv op (errors name the argument and the value) and returns the output's shape
+// [N, out, H_out, W_out]. Sizes are bounded before any arithmetic on them: with a huge padding or dilation the int64
+// expressions wrapped around, and the backend then allocated a wrong-sized output or crashed.
+std::array<int64_t, 4> check_conv_arguments(const at::Tensor& x, const at::Tensor& weight,
+                                            const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                            at::IntArrayRef padding, at::IntArrayRef dilation) {
   check_layer_inputs("masked_conv2d", x, weight, bias);
   TORCH_CHECK(x.dim() == 4, "masked_conv2d: x must have shape [N, C, H, W]; got x.shape=", x.sizes());
   TORCH_CHECK(weight.dim() == 4, "masked_conv2d: weight must have shape [out, in, kh, kw]; got weight.shape=",
               weight.sizes());
   TORCH_CHECK(x.size(1) == weight.size(1), "masked_conv2d: x has C=", x.size(1), " channels but weight expects in=",
               weight.size(1), " (weight.shape=", weight.sizes(), ", x.shape=", x.sizes(), "; groups=1 only)");
+  check_bias_shape("masked_conv2d", bias, weight);
   TORCH_CHECK(stride.size() == 2 && stride[0] >= 1 && stride[1] >= 1,
               "masked_conv2d: stride must be two ints >= 1; got stride=", stride);
   TORCH_CHECK(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0,
               "masked_conv2d: padding must be two ints >= 0; got padding=", padding);
   TORCH_CHECK(dilation.size() == 2 && dilation[0] >= 1 && dilation[1] >= 1,
               "masked_conv2d: dilation must be two ints >= 1; got dilation=", dilation);
-  for (int d = 0; d < 2; ++d) {
-    const int64_t extent = x.size(2 + d) + 2 * padding[d] - dilation[d] * (weight.size(2 + d) - 1);
-    TORCH_CHECK(extent >= 1, "masked_conv2d: the padded input (", x.size(2 + d), " + 2*", padding[d],
-                ") is smaller than the dilated kernel (", dilation[d] * (weight.size(2 + d) - 1) + 1,
-                ") along spatial dimension ", d, "; x.shape=", x.sizes(), ", weight.shape=", weight.sizes());
+  // The backends' convolutions take these and the spatial sizes as 32-bit ints (cuDNN's descriptors; PyTorch's CPU
+  // convolution computed a negative output size from a padded extent of 2^31): larger ones are refused here, before
+  // they wrap around there.
+  constexpr int64_t kMaxSpatial = std::numeric_limits<int32_t>::max();
+  for (const auto& [name, values] : {std::pair<const char*, at::IntArrayRef>{"stride", stride},
+                                     {"padding", padding}, {"dilation", dilation}}) {
+    TORCH_CHECK(values[0] <= kMaxSpatial && values[1] <= kMaxSpatial, "masked_conv2d: ", name,
+                " must be < 2^31 (convolution backends take 32-bit sizes); got ", name, "=", values);
   }
+  // PyTorch's own convolutions refuse an empty weight or return a wrong shape for one (no input channels gave
+  // [N, 0, H, W]), so the op does not take one either.
+  TORCH_CHECK(weight.numel() > 0, "masked_conv2d: weight must not be empty (at least one output channel, one input "
+              "channel and a 1x1 kernel); got weight.shape=", weight.sizes());
+  std::array<int64_t, 4> output{x.size(0), weight.size(0), 0, 0};
+  for (int d = 0; d < 2; ++d) {
+    const int64_t size = x.size(2 + d), kernel_size = weight.size(2 + d);
+    TORCH_CHECK(size <= kMaxSpatial && kernel_size <= kMaxSpatial, "masked_conv2d: x and weight must be smaller than "
+                "2^31 along each spatial dimension (convolution backends take 32-bit sizes); got x.shape=", x.sizes(),
+                ", weight.shape=", weight.sizes());
+    // Every term is now below 2^31 (2^32 for 2 * padding): no int64 overflow.
+    const int64_t padded = size + 2 * padding[d];
+    const int64_t kernel = dilation[d] * (kernel_size - 1) + 1;
+    TORCH_CHECK(padded <= kMaxSpatial, "masked_conv2d: the padded input must be smaller than 2^31 along each spatial "
+                "dimension (convolution backends take 32-bit sizes); got x's size ", size, " + 2*padding = ", padded,
+                " along spatial dimension ", d, " (x.shape=", x.sizes(), ", padding=", padding, ")");
+    TORCH_CHECK(padded >= kernel, "masked_conv2d: the padded input (", x.size(2 + d), " + 2*", padding[d],
+                ") is smaller than the dilated kernel (", kernel, ") along spatial dimension ", d, "; x.shape=",
+                x.sizes(), ", weight.shape=", weight.sizes(), ", padding=", padding, ", dilation=", dilation);
+    output[2 + d] = (padded - kernel) / stride[d] + 1;
+  }
+  int64_t output_numel = 1;
+  for (const int64_t size : output) {
+    TORCH_CHECK(!c10::mul_overflows(output_numel, size, &output_numel),
+                "masked_conv2d: the output [N, out, H_out, W_out] = ", at::IntArrayRef(output),
+                " has more elements than int64 can count; check padding=", padding, ", stride=", stride,
+                " and dilation=", dilation, " (x.shape=", x.sizes(), ", weight.shape=", weight.sizes(), ")");
+  }
+  return output;
 }
 
 // The forward, also returning the masked weight it computed. masked_conv2d's autograd kernel calls this and keeps
@@ -78,7 +119,8 @@ LayerGradients masked_conv2d_backward(const at::Tensor& grad_out, const at::Tens
                                       double density, c10::string_view pattern, int64_t nm_n, int64_t nm_m,
                                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                       std::array<bool, 2> output_mask) {
-  check_conv_arguments(x, weight, std::nullopt, stride, padding, dilation);
+  const std::array<int64_t, 4> output = check_conv_arguments(x, weight, std::nullopt, stride, padding, dilation);
+  check_grad_out("masked_conv2d_backward", grad_out, output, x);
   check_masked_weight("masked_conv2d_backward", masked_weight, x, weight);
   LayerGradients gradients;
   if (!output_mask[0] && !output_mask[1]) return gradients;

@@ -7,6 +7,7 @@
 
 #include <array>
 #include <tuple>
+#include <vector>
 
 #include "tied_masked_weights/tied_masked_weights.h"
 
@@ -19,6 +20,7 @@ void check_linear_arguments(const at::Tensor& x, const at::Tensor& weight, const
   TORCH_CHECK(weight.dim() == 2, "masked_linear: weight must have shape [out, in]; got weight.shape=", weight.sizes());
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1), "masked_linear: x's last dimension must equal in=",
               weight.size(1), " (weight.shape=", weight.sizes(), "); got x.shape=", x.sizes());
+  check_bias_shape("masked_linear", bias, weight);
 }
 
 // As masked_conv2d_forward: the forward, also returning the masked weight, for the autograd kernel to keep.
@@ -46,6 +48,9 @@ LayerGradients masked_linear_backward(const at::Tensor& grad_out, const at::Tens
                                       double density, c10::string_view pattern, int64_t nm_n, int64_t nm_m,
                                       std::array<bool, 2> output_mask) {
   check_linear_arguments(x, weight, std::nullopt);
+  std::vector<int64_t> output_shape(x.sizes().begin(), x.sizes().end() - 1);
+  output_shape.push_back(weight.size(0));
+  check_grad_out("masked_linear_backward", grad_out, output_shape, x);
   check_masked_weight("masked_linear_backward", masked_weight, x, weight);
   LayerGradients gradients;
   if (!output_mask[0] && !output_mask[1]) return gradients;

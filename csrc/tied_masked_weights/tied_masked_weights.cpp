@@ -196,9 +196,13 @@ void check_layer_inputs(const char* op, const at::Tensor& x, const at::Tensor& w
                 " and weight.device=", weight.device());
     TORCH_CHECK(at::isFloatingType(bias->scalar_type()), op, ": bias must have a floating-point dtype; got bias.dtype=",
                 bias->scalar_type());
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op,
-                ": bias must have shape [out] = [", weight.size(0), "]; got bias.shape=", bias->sizes());
   }
+}
+
+void check_bias_shape(const char* op, const std::optional<at::Tensor>& bias, const at::Tensor& weight) {
+  if (!bias.has_value()) return;
+  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op,
+              ": bias must have shape [out] = [", weight.size(0), "]; got bias.shape=", bias->sizes());
 }
 
 void check_masked_weight(const char* op, const std::optional<at::Tensor>& masked_weight, const at::Tensor& x,
@@ -210,6 +214,15 @@ void check_masked_weight(const char* op, const std::optional<at::Tensor>& masked
               x.scalar_type(), "; got masked_weight.dtype=", masked_weight->scalar_type());
   TORCH_CHECK(masked_weight->device() == x.device(), op, ": masked_weight must be on x's device ", x.device(),
               "; got masked_weight.device=", masked_weight->device());
+}
+
+void check_grad_out(const char* op, const at::Tensor& grad_out, at::IntArrayRef output_shape, const at::Tensor& x) {
+  TORCH_CHECK(grad_out.device() == x.device(), op, ": grad_out must be on x's device ", x.device(),
+              "; got grad_out.device=", grad_out.device());
+  TORCH_CHECK(at::isFloatingType(grad_out.scalar_type()), op, ": grad_out must have a floating-point dtype (x's is ",
+              x.scalar_type(), "); got grad_out.dtype=", grad_out.scalar_type());
+  TORCH_CHECK(grad_out.sizes() == output_shape, op, ": grad_out must have the output's shape ", output_shape,
+              "; got grad_out.shape=", grad_out.sizes());
 }
 
 }  // namespace wtext

@@ -90,15 +90,23 @@ class MaskedLayerWeight {
   const TiedMaskKernels* kernels_;
 };
 
-// Checks shared by the masked layer ops: floating x, same device for x/weight/bias, bias of shape [out].
+// Checks shared by the masked layer ops: floating x and bias, same device for x/weight/bias.
 void check_layer_inputs(const char* op, const at::Tensor& x, const at::Tensor& weight,
                         const std::optional<at::Tensor>& bias);
+
+// bias of shape [out]. Checked after the op has checked weight's shape: with a weight of the wrong rank, the error
+// must be about the weight, not about a bias that disagrees with it.
+void check_bias_shape(const char* op, const std::optional<at::Tensor>& bias, const at::Tensor& weight);
 
 // Checks a masked layer backward op's masked_weight (the forward's W ⊙ M, reused for grad_x): weight's shape, x's
 // dtype and device; errors name the argument and the value. None passes (the backward regenerates it). Its layout is
 // not checked: any layout gives the same gradients, x's layout only spares the backend a reorder.
 void check_masked_weight(const char* op, const std::optional<at::Tensor>& masked_weight, const at::Tensor& x,
                          const at::Tensor& weight);
+
+// Checks a masked layer backward op's grad_out against the forward's output: its shape, a floating-point dtype (it is
+// cast to x's dtype, as the forward's output had) and x's device; errors name grad_out and show what was expected.
+void check_grad_out(const char* op, const at::Tensor& grad_out, at::IntArrayRef output_shape, const at::Tensor& x);
 
 // (grad_x, grad_weight) of a masked layer's backward op; an entry its output_mask did not ask for is left empty
 // (None in Python), so its GEMM never runs.

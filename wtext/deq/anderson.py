@@ -26,7 +26,9 @@ def anderson(f, z0: torch.Tensor, *, max_iter: int, tol: float, stop_mode: str =
     """Anderson acceleration with window m, Tikhonov regularization lam (relative to the residual scale) and
     damping beta. z0: [B, ...]; the solve runs in float32 (float64 if z0 is float64).
 
-    A singular or ill-conditioned least-squares system falls back to a plain step inside the kernel, never NaN.
+    A singular or ill-conditioned least-squares system falls back to a plain step inside the kernel, never NaN; a
+    window slot holding a non-finite residual (from a step whose f(z) was NaN or overflowed) is left out of the mix
+    until it is overwritten, so it cannot turn later finite steps into NaN.
     Each iteration is one call of f and one anderson_tracked_step: the Gram update, the convergence tracking of
     ConvergenceTracker (residuals, stop masks, lowest-residual iterate, statistics) and the mix run in that op's
     kernels, with the residual norms taken from data the Gram update reads anyway.
