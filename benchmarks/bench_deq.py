@@ -1,4 +1,4 @@
-"""DEQ benchmark, DESIGN.md workload B: one training step (forward solve + implicit backward) of a DEQ whose cell is
+"""DEQ benchmark, workload B (defined in benchmarks/NOTES.md): one training step (forward solve + implicit backward) of a DEQ whose cell is
 the weight-tied multi-mask residual cell, with wtext's solver against a plain PyTorch Anderson that checks
 convergence with .item() every iteration (the DEQ tutorial / torchdeq style). Same cell, same iteration counts
 (tolerances set so both run the full budget), ratio printed, host reads inside the forward loop counted.

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_ops.py --device cpu     # tied_masked_weights fwd+bwd vs eager PyTorch (CPU target),
                                                     # and the host cost of a tiny masked conv fwd+bwd
-    python benchmarks/bench_ops.py --device cuda    # the same on a GPU, plus DESIGN.md's workload A:
+    python benchmarks/bench_ops.py --device cuda    # the same on a GPU, plus workload A (N=128, 32x32):
                                                     # masked 3x3 conv fwd+bwd vs cuDNN dense vs eager conv2d(x, w*mask)
 
 Targets (see the ops issue): CPU, L=6 layers of a 256x256x3x3 weight, wtext >= 2x faster than eager PyTorch

@@ -7,7 +7,7 @@ import torch
 
 import wtext.ops as ops
 from conftest import requires_cuda
-from mask_reference import reference_mask
+from pure_python_mask import reference_mask
 
 SHAPES = [(4, 8), (3, 1, 2, 2), (16, 3, 3, 3), (7, 12), (1, 2)]
 

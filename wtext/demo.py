@@ -1,4 +1,4 @@
-"""A short tour of the wtext ops (the main job, `python -m wtext.train`, arrives with the training issue).
+"""A short tour of the wtext ops (for training, see `python -m wtext.train`).
 
     python -m wtext.demo [--device cpu|cuda] [--steps 40]
 

@@ -9,14 +9,10 @@
 //                    sum_i alpha_i g_i; tracked, a stopped sample copies x instead, and a sample whose previous
 //                    iterate stays its best (it did not improve on it) copies that iterate into best (the lazy
 //                    copy of anderson_track.h).
-// This block layout is the one measured on an H100 (workload B, d = 131072, m = 5: gram 370 us, mix 256 us per
-// step with histories of iterates). A variant with blocks over (chunk of d, sample) and all m dot products per
-// block ran 1.7x (gram) and 2.2x (mix) slower there despite reading fewer bytes, so it was dropped. With residual
-// histories, run 3 measured gram 309 us (8 passes of DRAM traffic: ~58% of KINDS.md's ~3 TB/s copy rate) and
-// mix 172 us (6 passes, ~78%) per step. Both kernels therefore move 16 bytes per access where alignment allows
-// (Pack below): a thread then keeps four times the bytes in flight per iteration, which is what a latency-bound
-// stream needs.
-// Run 4 (an H200; KINDS.md: ~4.3 TB/s copy rate): gram 137 us, mix 98 us per step, ~91% and ~96% of that rate.
+// This block layout won on an H100: blocks over (chunk of d, sample) with all m dot products per block ran 1.7x
+// (gram) and 2.2x (mix) slower despite reading fewer bytes. Both kernels move 16 bytes per access where alignment
+// allows (Pack below): the streams were latency-bound, and a thread then keeps four times the bytes in flight.
+// The timings behind both decisions are in benchmarks/NOTES.md.
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>

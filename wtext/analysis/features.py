@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from wtext.models import TiedResNet, TiedViT
+from wtext.models import TiedModel
 
 from .cka import MinibatchCKA
 
@@ -13,21 +13,17 @@ def application_outputs(model: nn.Module, images: torch.Tensor) -> tuple[list[st
     """Names and outputs of each tied application, stage by stage (ResNet) or block by block (ViT); for a DEQ twin,
     the iterates of its forward solve, step by step."""
     model.eval()
-    model.record_applications = True
-    try:
+    with model.recording() as recorded:
         model(images)
-        recorded = model.recorded_applications
-    finally:
-        model.record_applications = False
-        model.recorded_applications = []
     return [name for name, _ in recorded], [output for _, output in recorded]
 
 
 @torch.no_grad()
 def cka_matrix(model: nn.Module, loader, max_batches: int | None = None) -> tuple[list[str], torch.Tensor]:
     """Minibatch CKA between all recorded representations over the loader's batches."""
-    if not isinstance(model, (TiedResNet, TiedViT)):
-        raise TypeError(f"CKA needs a wtext model (TiedResNet or TiedViT); got {type(model).__name__}")
+    if not isinstance(model, TiedModel):
+        raise TypeError(f"CKA needs a weight-tied wtext model (a TiedModel: TiedResNet, TiedViT); got "
+                        f"{type(model).__name__}")
     names, accumulator = None, None
     for index, (images, _) in enumerate(loader):
         if max_batches is not None and index >= max_batches:

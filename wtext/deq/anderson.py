@@ -2,7 +2,7 @@
 
 import torch
 
-from wtext.ops import _extension  # noqa: F401  (registers torch.ops.wtext.anderson_tracked_step)
+import wtext.ops  # noqa: F401  (registers torch.ops.wtext.anderson_tracked_step and the other ops)
 
 from .layout import SampleFlattener
 from .registry import register_solver

@@ -15,7 +15,7 @@ import torch
 from wtext.analysis import cka_matrix
 from wtext.data import DeviceLoader, load_dataset
 from wtext.train.checkpoint import load_checkpoint
-from wtext.train.loop import model_for
+from wtext.train.model_builder import model_for
 from wtext.train import TrainConfig
 
 from .sweep import Sweep, markdown_table

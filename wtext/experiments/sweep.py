@@ -72,7 +72,7 @@ class Sweep:
         if not self.dry_run:
             return run_sweep(self.out_dir, self.base, runs, self.log, self.given)
         from wtext.models import describe
-        from wtext.train.loop import model_for
+        from wtext.train.model_builder import model_for
 
         for name, overrides in runs.items():
             config = TrainConfig(**{**self.base, **overrides, **self.given,

@@ -5,6 +5,7 @@ from .reference import PlainCNN, PlainCNNConfig
 from .presets import (DEQ_VARIANTS, PRESETS, build_model, deq_variant, list_presets, model_from_config,
                       preset_config, register_preset)
 from .resnet import ResidualCell, TiedResNet, TiedResNetConfig
+from .tied_model import TiedModel
 from .vit import TiedViT, TiedViTConfig, TransformerBlock
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "PlainCNN",
     "PlainCNNConfig",
     "ResidualCell",
+    "TiedModel",
     "TiedResNet",
     "TiedResNetConfig",
     "TiedViT",

@@ -2,14 +2,17 @@
 mask per application, downsampling between stages, and a head that keeps a coarse spatial grid."""
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wtext.deq import DEQ, DEQConfig, DEQOutput
+from wtext.deq import DEQConfig
 from wtext.nn import MaskSpec, TiedMaskedWeight, autocast_dtype
 from wtext.validation import require_ints
+
+from .tied_model import TiedModel
 
 
 @dataclass(frozen=True)
@@ -70,12 +73,11 @@ class ResidualCell(nn.Module):
         return self.norm3(F.relu(z + h + u))
 
 
-class TiedResNet(nn.Module):
+class TiedResNet(TiedModel):
     """forward(x [N, C, H, W]) -> logits [N, num_classes]. Any H, W >= 2^(stages-1); NCHW or channels_last."""
 
     def __init__(self, config: TiedResNetConfig):
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         c = config
         inner_groups_ok = all((c.stage_width(s) * c.expansion) % c.groups == 0 for s in range(c.stages))
         if not inner_groups_ok:
@@ -90,9 +92,8 @@ class TiedResNet(nn.Module):
             for s in range(1, c.stages)
         )
         # Each tied weight gets its own seed offset, so no two weights share a mask stream.
-        applications = 1 if c.deq else c.depth
         self.cells = nn.ModuleList(
-            ResidualCell(c.stage_width(s), c.expansion, c.groups, applications, c.mask, seed_offset=16 * s)
+            ResidualCell(c.stage_width(s), c.expansion, c.groups, self.applications, c.mask, seed_offset=16 * s)
             for s in range(c.stages)
         )
         # The head reads where features are, not only how much of each there is: global average pooling of a few
@@ -100,10 +101,6 @@ class TiedResNet(nn.Module):
         # (measured on real digits: 16% test accuracy after an epoch pooled globally, 92% with a 4x4 grid;
         # docs/model-quality.md).
         self.head = nn.Linear(c.stage_width(c.stages - 1) * c.head_grid**2, c.num_classes)
-        self.deq_outputs: list[DEQOutput] = []
-        # For layer-similarity analysis: when set, forward keeps (name, output) of every application or DEQ iterate.
-        self.record_applications = False
-        self.recorded_applications: list[tuple[str, torch.Tensor]] = []
 
     def injections(self, stage: int, previous: torch.Tensor) -> torch.Tensor:
         """The input injection of a stage: the stem output, or the downsampled output of the previous stage."""
@@ -116,34 +113,17 @@ class TiedResNet(nn.Module):
             u = self.injections(stage, features)
             weights = cell.masked_weights(x.device)
             if self.config.deq is not None:
-                features = self.solve_stage(cell, u, weights)
+                # partial, not a lambda over the loop's variables: the implicit backward calls the map after the
+                # loop has moved on to the next stage.
+                features = self.solve(partial(cell, weights=weights, application=0), u, torch.zeros_like(u),
+                                      prefix=f"stage{stage}.")
                 continue
             z = torch.zeros_like(u)
             for application in range(self.config.depth):
                 z = cell(z, u, weights, application)
-                if self.record_applications:
-                    self.recorded_applications.append((f"stage{stage}.application{application}", z.detach()))
+                self.record(f"stage{stage}.application{application}", z)
             features = z
         return self.head(F.adaptive_avg_pool2d(features, self.config.head_grid).flatten(1))
-
-    def solve_stage(self, cell: ResidualCell, u: torch.Tensor, weights) -> torch.Tensor:
-        """DEQ twin: the stage's fixed point z* = cell(z*, u), its solver statistics kept in self.deq_outputs."""
-        layer = DEQ(lambda z, injection: cell(z, injection, weights, 0), self.config.deq).train(self.training)
-        record = range(self.config.deq.f_max_iter) if self.record_applications else None
-        out = layer(u, torch.zeros_like(u), record_steps=record)
-        self.deq_outputs.append(out)
-        if self.record_applications:
-            stage = len(self.deq_outputs) - 1
-            self.recorded_applications += [(f"stage{stage}.iterate{step}", z) for step, z in
-                                           sorted(out.stats.recorded.items()) if step > 0]
-        return out.z
-
-    def regularization(self) -> torch.Tensor:
-        """The DEQ twin's weighted regularizers of the last forward (0 for the weight-tied model)."""
-        return sum((out.regularization for out in self.deq_outputs), torch.zeros(()))
-
-    def tied_weights(self) -> list[TiedMaskedWeight]:
-        return [m for m in self.modules() if isinstance(m, TiedMaskedWeight)]
 
     def flops_per_image(self, height: int = 32, width: int = 32) -> dict[str, float]:
         """Multiply-adds x 2 of the convolutions and the head for one image: dense, and counting only unmasked
@@ -158,8 +138,7 @@ class TiedResNet(nn.Module):
             for tied in (cell.conv1, cell.conv2):
                 per_weight = 2 * height * width  # each weight element is one MAC per output pixel
                 # A DEQ twin's cost depends on its solver steps: counted here per cell application.
-                applications = 1 if c.deq else c.depth
-                dense += applications * per_weight * tied.weight.numel()
-                effective += applications * per_weight * tied.kept_per_application()
+                dense += self.applications * per_weight * tied.weight.numel()
+                effective += self.applications * per_weight * tied.kept_per_application()
         head = 2 * self.head.weight.numel()
         return {"dense": dense + head, "effective": effective + head}

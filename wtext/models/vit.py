@@ -8,9 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wtext.deq import DEQ, DEQConfig, DEQOutput
+from wtext.deq import DEQConfig
 from wtext.nn import MaskSpec, TiedMaskedWeight, autocast_dtype
 from wtext.validation import require_ints
+
+from .tied_model import TiedModel
 
 
 POOLS = ("attention", "cls", "mean")
@@ -59,10 +61,9 @@ class TiedViTConfig:
 class TransformerBlock(nn.Module):
     """z' = z + proj(attn(LN(z) q/k/v)); z'' = z' + fc2(gelu(fc1(LN(z')))), every weight tied and masked."""
 
-    def __init__(self, config: TiedViTConfig):
+    def __init__(self, config: TiedViTConfig, applications: int):
         super().__init__()
-        dim, hidden, spec = config.dim, config.dim * config.mlp_ratio, config.mask
-        depth = 1 if config.deq else config.depth
+        dim, hidden, spec, depth = config.dim, config.dim * config.mlp_ratio, config.mask, applications
         self.heads = config.heads
         self.qkv = TiedMaskedWeight((3 * dim, dim), depth, spec, seed_offset=0)
         self.proj = TiedMaskedWeight((dim, dim), depth, spec, seed_offset=1)
@@ -107,12 +108,11 @@ def conv_tokenizer(in_channels: int, dim: int, patch: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class TiedViT(nn.Module):
+class TiedViT(TiedModel):
     """forward(x [N, C, H, W]) -> logits [N, num_classes]; H and W divisible by the patch size."""
 
     def __init__(self, config: TiedViTConfig):
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         c = config
         if c.tokenizer == "conv":
             self.patch_embed = conv_tokenizer(c.in_channels, c.dim, c.patch)
@@ -125,14 +125,10 @@ class TiedViT(nn.Module):
         # Attention pooling learned real digits twice as fast as a class token (measured: 75% against 31-39% after
         # the main job's 6 epochs; docs/model-quality.md).
         self.pool_score = nn.Linear(c.dim, 1) if c.pool == "attention" else None
-        self.block = TransformerBlock(c)
+        self.block = TransformerBlock(c, self.applications)
         self.norm = nn.LayerNorm(c.dim)
         self.head = nn.Linear(c.dim, c.num_classes)
         self.deq_norm = nn.LayerNorm(c.dim) if c.deq else nn.Identity()
-        self.deq_outputs: list[DEQOutput] = []
-        # For layer-similarity analysis: when set, forward keeps (name, output) of every application or DEQ iterate.
-        self.record_applications = False
-        self.recorded_applications: list[tuple[str, torch.Tensor]] = []
 
     def positional_embedding(self, height: int, width: int) -> torch.Tensor:
         grid = self.config.image_size // self.config.patch
@@ -169,27 +165,14 @@ class TiedViT(nn.Module):
         if self.config.deq is not None:
             # The block is residual (z + ...), so z = block(z + e) alone has no fixed point in general; the final
             # LayerNorm bounds the map, as in DEQ transformers' post-norm cells.
-            layer = DEQ(lambda z, e: self.deq_norm(self.block(z + e, weights, 0)), self.config.deq).train(self.training)
-            record = range(self.config.deq.f_max_iter) if self.record_applications else None
-            out = layer(embedding, torch.zeros_like(embedding), record_steps=record)
-            self.deq_outputs.append(out)
-            if self.record_applications:
-                self.recorded_applications += [(f"iterate{step}", z) for step, z in sorted(out.stats.recorded.items())
-                                               if step > 0]
-            return self.readout(out.z)
+            fixed_point = self.solve(lambda z, e: self.deq_norm(self.block(z + e, weights, 0)), embedding,
+                                     torch.zeros_like(embedding))
+            return self.readout(fixed_point)
         z = embedding
         for application in range(self.config.depth):
             z = self.block(z, weights, application)
-            if self.record_applications:
-                self.recorded_applications.append((f"application{application}", z.detach()))
+            self.record(f"application{application}", z)
         return self.readout(z)
-
-    def regularization(self) -> torch.Tensor:
-        """The DEQ twin's weighted regularizers of the last forward (0 for the weight-tied model)."""
-        return sum((out.regularization for out in self.deq_outputs), torch.zeros(()))
-
-    def tied_weights(self) -> list[TiedMaskedWeight]:
-        return [m for m in self.modules() if isinstance(m, TiedMaskedWeight)]
 
     def flops_per_image(self, height: int = 32, width: int = 32) -> dict[str, float]:
         """Multiply-adds x 2 for one image: dense, and counting only unmasked tied weights (effective)."""
@@ -204,7 +187,7 @@ class TiedViT(nn.Module):
             elif isinstance(layer, nn.MaxPool2d):
                 size = -(-size // 4)
         attention = 2 * 2 * tokens * tokens * c.dim  # QK^T and AV
-        applications = 1 if c.deq else c.depth  # a DEQ twin: per block application
+        applications = self.applications  # a DEQ twin: per block application
         dense = effective = embed + applications * attention + 2 * self.head.weight.numel()
         for tied in self.tied_weights():
             dense += applications * 2 * tokens * tied.weight.numel()

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 from wtext.ops import DEFAULT_NM, MODES, PATTERNS
+from wtext.validation import check_density, check_nm
 
 
 @dataclass(frozen=True)
@@ -20,13 +21,11 @@ class MaskSpec:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mask mode must be one of {MODES}; got mode={self.mode!r}")
-        if not (isinstance(self.density, (int, float)) and 0 < self.density <= 1):
-            raise ValueError(f"density must be in (0, 1]; got density={self.density!r}")
+        check_density(self.density)
         if self.pattern not in PATTERNS:
             raise ValueError(f"mask pattern must be one of {PATTERNS}; got pattern={self.pattern!r}")
         n, m = self.nm
-        if not 1 <= n <= m <= 64:
-            raise ValueError(f"nm must satisfy 1 <= N <= M <= 64; got nm={self.nm!r}")
+        check_nm(n, m)
         object.__setattr__(self, "nm", (int(n), int(m)))
 
     @property

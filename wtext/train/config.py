@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from wtext.data import DATASETS
 from wtext.models import DEQ_VARIANTS, PRESETS
 from wtext.ops import MODES, PATTERNS
+from wtext.validation import check_density, check_nm
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -100,8 +101,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1; got {name}={value}")
-        if self.density is not None and not 0 < self.density <= 1:
-            raise ValueError(f"density must be in (0, 1]; got density={self.density}")
+        if self.density is not None:
+            check_density(self.density)
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0; got lr={self.lr}")
         for name in ("weight_decay", "warmup_epochs", "grad_clip", "stop_after_steps", "checkpoint_every_steps",
@@ -138,6 +139,5 @@ class TrainConfig:
             n, m = (int(part) for part in self.nm.split(":"))
         except ValueError:
             raise ValueError(f"nm must look like N:M, e.g. 2:4; got nm={self.nm!r}") from None
-        if not 1 <= n <= m:
-            raise ValueError(f"nm must have 1 <= N <= M; got nm={self.nm!r}")
+        check_nm(n, m)
         return n, m

@@ -18,12 +18,12 @@ from torch import nn
 
 from wtext import models
 from wtext.data import DeviceLoader, load_dataset
-from wtext.nn import MaskSpec
 
 from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_atomic, write_text_atomic
 from .config import MODEL_OPTIONS, TrainConfig
 from .distributed import Cluster, all_reduce_sum, init_cluster, shutdown
 from .faults import crash_point
+from .model_builder import model_for
 from .report import append_metrics, final_table, plot_curves, write_metrics
 from .schedule import warmup_cosine
 
@@ -56,25 +56,6 @@ def select_device(name: str, cluster: Cluster) -> torch.device:
         if cluster.active:
             device = torch.device("cuda", cluster.local_rank)
     return device
-
-
-def model_for(config: TrainConfig, num_classes: int) -> nn.Module:
-    """The model a TrainConfig describes. Options a preset does not have (a plain CNN's depth or mask) are errors
-    when set, and left out when at their defaults."""
-    preset = models.preset_config(config.model)
-    has = {f.name for f in dataclasses.fields(preset)}
-    overrides = {"num_classes": num_classes}
-    for name in ("width", "depth", "deq"):
-        value = getattr(config, name)
-        if value is not None:
-            if name not in has:
-                raise ValueError(f"model {config.model} has no {name}; drop --{name}")
-            overrides[name] = value
-    if "mask" in has:
-        density = preset.mask.density if config.density is None else config.density
-        overrides["mask"] = MaskSpec(mode=config.mask_mode, density=density, pattern=config.pattern,
-                                     nm=config.nm_pair(), seed=config.mask_seed)
-    return models.build_model(config.model, **overrides)
 
 
 def seed_everything(seed: int) -> None:
