@@ -184,7 +184,7 @@ def data_file_cases(tmp):
         ("labels negative", batch(labels=[-1] * 6), ["labels out of range"]),
         ("labels too few", batch(labels=[1, 2]), ["one label per image"]),
         ("labels 2-d", batch(labels=np.zeros((6, 1), dtype=np.int64)), ["one label per image"]),
-        ("labels object array", batch(labels=np.array([1, "a"] * 3, dtype=object)), ["'labels' must be integers"]),
+        ("labels object array", batch(labels=np.array([1, "a"] * 3, dtype=object)), ["refused the dtype"]),
         ("non-text key", _pickled({b"\xff": 1, "data": good, "labels": [0] * 6}), ["not text"]),
         ("a directory", "dir", ["is a directory"]),
     ]
@@ -287,3 +287,50 @@ def test_exploit_helper_really_runs_code_when_unpickled_plainly(tmp_path):
     """The exploit used above is real: plain pickle.loads runs it (so the tests above can fail)."""
     pickle.loads(_pickled(Exploit(tmp_path / "ran")))
     assert (tmp_path / "ran").exists()
+
+
+# A CIFAR-10 batch as Python 2's cPickle wrote it (protocol 2, str as SHORT_BINSTRING, numpy.core names): a 2x3
+# uint8 array and a list of labels, written opcode by opcode.
+PYTHON2_BATCH = (b"\x80\x02}q\x00(U\x04data"
+                 b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R"
+                 b"(K\x01K\x02K\x03\x86cnumpy\ndtype\nU\x02u1K\x00K\x01\x87R"
+                 b"(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+                 b"\x89U\x06\x01\x02\x03\x04\x05\x06tb"
+                 b"U\x06labels](K\x01K\x02eu.")
+
+
+def test_a_python2_batch_reads_as_plain_pickle_reads_it():
+    import io
+
+    from wtext.data.safe_pickle import load_batch_pickle
+
+    plain = pickle.loads(PYTHON2_BATCH, encoding="bytes")
+    ours = load_batch_pickle(io.BytesIO(PYTHON2_BATCH))
+    assert ours.keys() == plain.keys() and ours[b"labels"] == plain[b"labels"] == [1, 2]
+    assert ours[b"data"].dtype == np.uint8 and np.array_equal(ours[b"data"], plain[b"data"])
+
+
+@pytest.mark.parametrize("gadget", ["object dtype", "object scalar", "dtype flags"])
+def test_numpy_state_gadgets_are_refused_and_change_nothing(gadget):
+    """numpy's own reconstruction trusts a dtype's pickled state (flags, object pointers); the unpickler never
+    hands that state to numpy."""
+    import io
+
+    from wtext.data.safe_pickle import RefusedPickle, load_batch_pickle
+
+    uint8_flags = np.dtype("u1").flags
+    if gadget == "object dtype":  # an object array whose "pointers" are the file's bytes
+        raw = PYTHON2_BATCH.replace(b"U\x02u1", b"U\x02O8").replace(b"U\x06\x01\x02\x03\x04\x05\x06",
+                                                                    b"U\x30" + b"\x00" * 48)
+    elif gadget == "object scalar":
+        raw = (b"\x80\x02cnumpy.core.multiarray\nscalar\ncnumpy\ndtype\nU\x02O8K\x00K\x01\x87R"
+               b"(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tbU\x08" + b"\x41" * 8 + b"\x86R.")
+    else:  # new flags for the shared uint8 dtype
+        raw = PYTHON2_BATCH.replace(b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb",
+                                    b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x3ftb")
+    if gadget == "dtype flags":
+        load_batch_pickle(io.BytesIO(raw))  # a harmless uint8 array; the flags in the file are ignored
+    else:
+        with pytest.raises(RefusedPickle, match=r"refused the dtype dtype\('O'\)"):
+            load_batch_pickle(io.BytesIO(raw))
+    assert np.dtype("u1").flags == uint8_flags
