@@ -109,6 +109,8 @@ def cli_cases(tmp):
         ("config top-level list", config_file("t.yaml", "- 1\n- 2\n"), ["table of options"]),
         ("config non-string key", config_file("n.yaml", "1: 2\n"), ["option names must be strings"]),
         ("config nan", config_file("nan.toml", "lr = nan\n"), ["lr must be a finite number"]),
+        ("config huge int for a float", config_file("big.yaml", "lr: " + "9" * 400 + "\n"),
+         ["lr must be a finite number"]),
         ("batch larger than the set", ["--batch-size", "100000"], ["batch_size=100000"]),
     ]
     if not torch.cuda.is_available():

@@ -178,3 +178,32 @@ def test_checkpoints_of_the_old_format_are_refused_clearly(tmp_path):
     torch.save({"model": {}}, path)
     with pytest.raises(ValueError, match=r"checkpoint format 1, this wtext reads format 2"):
         load_checkpoint(path)
+
+
+def test_time_based_checkpoints_resume_to_the_uninterrupted_result(tmp_path):
+    """Checkpoints by time are decided at the every-10-steps host reads: with a tiny interval, steps 10 and 20 of a
+    22-step epoch. A kill after the second (checkpoint 3, counting the start) resumes exactly."""
+    timed = ["--synthetic-train", "704", "--epochs", "1", "--checkpoint-every-steps", "0",
+             "--checkpoint-every-seconds", "1e-6"]
+    whole = train_process(tmp_path / "whole", *timed)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    assert train_process(tmp_path / "split", *timed, crash_at="checkpoint:3").returncode == -signal.SIGKILL
+    state = load_checkpoint(tmp_path / "split" / "checkpoint.pt")
+    assert (state["epoch"], state["step_in_epoch"]) == (0, 20)
+    resumed = train_process(tmp_path / "split", *timed, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    weights, records, accuracies = outcome(tmp_path / "split")
+    whole_weights, whole_records, whole_accuracies = outcome(tmp_path / "whole")
+    assert all(torch.equal(weights[k], v) for k, v in whole_weights.items())
+    assert (records, accuracies) == (whole_records, whole_accuracies)
+
+
+def test_eval_only_takes_the_data_of_the_run_unless_given(tmp_path):
+    run(TrainConfig(**{**TINY, "epochs": 1, "synthetic_test": 48}, run_dir=str(tmp_path / "run")))
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["test_accuracy"]
+    # Nothing but the run directory: model, masks and data (48 test images) come from the checkpoint.
+    result = run(TrainConfig(eval_only=True, run_dir=str(tmp_path / "run"), device="cpu", progress=False))
+    assert (result["test_accuracy"], result["test_images"]) == (last, 48)
+    other = run(TrainConfig(eval_only=True, run_dir=str(tmp_path / "run"), device="cpu", progress=False,
+                            synthetic_test=32))
+    assert other["test_images"] == 32

@@ -26,8 +26,9 @@ class TiedViTConfig:
     tokenize) or "patch" (ViT's one strided patch convolution); image_size: the size the positional embedding is
     made for (other sizes interpolate it); pool: "attention" (a learned softmax weighting of the tokens, the
     sequence pooling of compact convolutional transformers), "cls" (a class token) or "mean"; mask: masking of
-    the block's four weights (density 0.9 by default, as the paper finds best for Transformer-like models); deq: when set, the DEQ twin: z* = LN(block(z* + embedding)) solved to
-    its fixed point with these options (one mask, that of application 0)."""
+    the block's four weights (density 0.9 by default, as the paper finds best for Transformer-like models); deq:
+    when set, the DEQ twin: z* = LN(block(z* + embedding)) solved to its fixed point with these options (one mask,
+    that of application 0)."""
 
     dim: int = 192
     heads: int = 3
@@ -183,7 +184,7 @@ class TiedViT(TiedModel):
         for layer in self.patch_embed.modules() if c.tokenizer == "conv" else [self.patch_embed]:
             if isinstance(layer, nn.Conv2d):
                 per_position = 2 * layer.weight.numel()
-                embed += per_position * (size if c.tokenizer == "conv" else tokens - 1)
+                embed += per_position * (size if c.tokenizer == "conv" else (height // c.patch) * (width // c.patch))
             elif isinstance(layer, nn.MaxPool2d):
                 size = -(-size // 4)
         attention = 2 * 2 * tokens * tokens * c.dim  # QK^T and AV

@@ -99,5 +99,5 @@ def resolve_config(argv=None) -> TrainConfig:
     values.update(args)
     try:
         return TrainConfig(**values)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, OverflowError) as error:
         parser.error(str(error))

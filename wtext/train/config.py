@@ -18,6 +18,9 @@ OPTIMIZERS = ("adam", "sgd")
 # values it was trained with.
 MODEL_OPTIONS = ("model", "width", "depth", "mask_mode", "density", "pattern", "nm", "mask_seed", "deq")
 
+# The data a run trains on: --eval-only takes them from the checkpoint unless given.
+DATA_OPTIONS = ("dataset", "data_dir", "synthetic_train", "synthetic_test")
+
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -39,7 +42,8 @@ class TrainConfig:
     deq: str | None = option(None, "train the DEQ twin with this variant instead of the weight-tied model",
                              choices=sorted(DEQ_VARIANTS))
     # Data
-    dataset: str = option("synthetic", "synthetic (embedded), digits (real 8x8 digits from scikit-learn, upsampled), cifar10 or imagenet32", choices=DATASETS)
+    dataset: str = option("synthetic", "synthetic (embedded), digits (real 8x8 digits from scikit-learn, "
+                                       "upsampled), cifar10 or imagenet32", choices=DATASETS)
     data_dir: str | None = option(None, "folder with the CIFAR-10 / ImageNet32 batch files")
     synthetic_train: int = option(8000, "training images of the synthetic set")
     synthetic_test: int = option(2000, "test images of the synthetic set")
@@ -132,6 +136,8 @@ class TrainConfig:
                 names = " or ".join("null" if kind is type(None) else kind.__name__ for kind in allowed)
                 raise ValueError(f"{f.name} must be {names}; got {f.name}={value!r} ({type(value).__name__})")
             if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+                if abs(value) > 2**1023:
+                    raise ValueError(f"{f.name} must be a finite number; got {f.name}={value}")
                 object.__setattr__(self, f.name, float(value))
 
     def nm_pair(self) -> tuple[int, int]:

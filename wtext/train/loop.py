@@ -20,7 +20,7 @@ from wtext import models
 from wtext.data import DeviceLoader, load_dataset
 
 from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_atomic, write_text_atomic
-from .config import MODEL_OPTIONS, TrainConfig
+from .config import DATA_OPTIONS, MODEL_OPTIONS, TrainConfig
 from .distributed import Cluster, all_reduce_sum, init_cluster, shutdown
 from .faults import crash_point
 from .model_builder import model_for
@@ -75,7 +75,9 @@ def settings_for_evaluation(config: TrainConfig, trained: dict, path: Path) -> T
     would report another network's accuracy. An option the user set to something else is an error; one left at
     its default takes the trained value."""
     defaults = TrainConfig()
-    updates = {}
+    # The data it was trained on, unless another is asked for (evaluating on other data is legitimate).
+    updates = {name: trained[name] for name in DATA_OPTIONS
+               if name in trained and getattr(config, name) == getattr(defaults, name)}
     for name in MODEL_OPTIONS:
         given = getattr(config, name)
         if name not in trained or trained[name] == given:
@@ -84,6 +86,7 @@ def settings_for_evaluation(config: TrainConfig, trained: dict, path: Path) -> T
             raise ValueError(f"{path} was trained with {name}={trained[name]!r}; --eval-only evaluates the model as "
                              f"it was trained, so {name}={given!r} cannot apply (drop the option)")
         updates[name] = trained[name]
+    updates = {name: value for name, value in updates.items() if getattr(config, name) != value}
     return dataclasses.replace(config, **updates) if updates else config
 
 
@@ -196,12 +199,23 @@ class Trainer:
             "config": dataclasses.asdict(self.config),
         }
 
+    def agreed(self, *flags: bool) -> list[bool]:
+        """Each flag, true if it is true on any rank (one all-reduce under torchrun): ranks must take the same
+        branch at a checkpoint or a stop, or the next collective hangs."""
+        if not self.cluster.active:
+            return list(flags)
+        return [total > 0 for total in all_reduce_sum([float(flag) for flag in flags], self.device, self.cluster)]
+
     def check_finite(self) -> None:
-        """Raises NonFiniteLoss if the epoch's loss sum or any parameter is NaN or infinite (one host read)."""
+        """Raises NonFiniteLoss if the epoch's loss sum or any parameter is NaN or infinite, on any rank."""
         finite = torch.stack([self.running[0].isfinite()] +
                              [p.detach().isfinite().all().to(self.device) for p in self.core.parameters()]).all()
-        if bool(finite):
+        (bad,) = self.agreed(not bool(finite))
+        if not bad:
             return
+        self.stop_non_finite()
+
+    def stop_non_finite(self) -> None:
         epoch, step = self.last_saved
         raise NonFiniteLoss(
             f"the training loss became non-finite in epoch {self.epoch + 1} (by step {self.step_in_epoch} of "
@@ -212,18 +226,23 @@ class Trainer:
     def save(self) -> None:
         """Checkpoints the run, after checking that what it would save is finite."""
         self.check_finite()
+        payload = self.checkpoint_payload()
+        if self.cluster.active:  # the ranks' running sums, summed (rank 0 restores them, the others start at 0)
+            payload["running"] = torch.tensor(all_reduce_sum(self.running.tolist(), self.device, self.cluster),
+                                              dtype=torch.float64)
         if self.cluster.main:
-            save_atomic(self.checkpoint_payload(), self.run_dir / "checkpoint.pt")
+            save_atomic(payload, self.run_dir / "checkpoint.pt")
         self.last_saved = (self.epoch, self.step_in_epoch)
         self.last_save_time = time.monotonic()
         crash_point("checkpoint")
 
-    def checkpoint_due(self) -> bool:
-        config = self.config
-        if config.checkpoint_every_steps and self.steps_done % config.checkpoint_every_steps == 0:
-            return True
-        return bool(config.checkpoint_every_seconds) and \
-            time.monotonic() - self.last_save_time >= config.checkpoint_every_seconds
+    def checkpoint_due_by_steps(self) -> bool:
+        every = self.config.checkpoint_every_steps
+        return bool(every) and self.steps_done % every == 0
+
+    def checkpoint_due_by_time(self) -> bool:
+        every = self.config.checkpoint_every_seconds
+        return bool(every) and time.monotonic() - self.last_save_time >= every
 
     def load_model_state(self, state: dict, path: Path) -> None:
         try:
@@ -247,6 +266,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step_in_epoch, self.steps_done = state["epoch"], state["step_in_epoch"], state["steps_done"]
         self.running = state["running"].to(self.device, torch.float64)
+        if self.cluster.rank != 0:  # rank 0 carries the sums of all ranks so far (see save)
+            self.running = self.zero_running()
         self.seconds = state["seconds"]
         self.history, self.best = list(state["history"]), tuple(state["best"])
         self.last_saved = (self.epoch, self.step_in_epoch)
@@ -294,15 +315,18 @@ class Trainer:
                    device_scalar(len(deq_outputs), self.device)]
         self.running += torch.stack([v.to(self.device) for v in values]).double()
 
-    def read_running(self, progress) -> None:
-        """One host read of the running sums: stops a diverged run, updates the progress bar."""
+    def read_running(self, progress) -> bool:
+        """One host read of the running sums: stops a diverged run, updates the progress bar, and says whether a
+        checkpoint is due by time (decided here, every few steps, and agreed by all ranks)."""
         totals = dict(zip(RUNNING_KEYS, self.running.tolist()))
-        if not math.isfinite(totals["loss"]):
-            self.check_finite()
+        diverged, due = self.agreed(not math.isfinite(totals["loss"]), self.checkpoint_due_by_time())
+        if diverged:
+            self.stop_non_finite()
         if progress is not None:
             progress.set_postfix(loss=f"{totals['loss'] / totals['images']:.3f}",
                                  acc=f"{totals['correct'] / totals['images']:.3f}",
                                  img_s=f"{totals['images'] * self.cluster.world / max(self.epoch_seconds(), 1e-9):.0f}")
+        return due
 
     def train_epoch(self, progress) -> None:
         self.stretch_start = time.perf_counter()
@@ -313,19 +337,20 @@ class Trainer:
             crash_point("step")
             if progress is not None:
                 progress.update(1)
+            due_by_time = False
             if self.step_in_epoch % READ_EVERY_STEPS == 0 or self.step_in_epoch == len(self.train_loader):
-                self.read_running(progress)
+                due_by_time = self.read_running(progress)
             stop_requested = self.config.stop_after_steps and self.steps_done >= self.config.stop_after_steps
             if stop_requested or self.interrupt_requested:
                 raise Interrupted
-            if self.step_in_epoch < len(self.train_loader) and self.checkpoint_due():
+            if self.step_in_epoch < len(self.train_loader) and (due_by_time or self.checkpoint_due_by_steps()):
                 self.save()
         self.seconds = self.epoch_seconds()
 
     def finish_epoch(self) -> dict:
         totals = dict(zip(RUNNING_KEYS, all_reduce_sum(self.running.tolist(), self.device, self.cluster)))
-        if not math.isfinite(totals["loss"]):
-            self.check_finite()
+        if not math.isfinite(totals["loss"]):  # the sums are all-reduced: every rank sees the same
+            self.stop_non_finite()
         eval_start = time.perf_counter()
         test_loss, test_accuracy = self.evaluate()
         eval_time = time.perf_counter() - eval_start
@@ -414,7 +439,14 @@ class Trainer:
                             desc=f"epoch {self.epoch + 1}/{config.epochs}", dynamic_ncols=True) if show else None
             try:
                 self.train_epoch(progress)
-            except (KeyboardInterrupt, Interrupted):
+            except KeyboardInterrupt:
+                # A second Ctrl-C lands anywhere, even inside an optimizer step: the last checkpoint stays.
+                if progress is not None:
+                    progress.close()
+                self.log(f"\nstopped at once; {self.run_dir / 'checkpoint.pt'} holds epoch {self.last_saved[0] + 1}, "
+                         f"step {self.last_saved[1]}: continue with the same options plus --resume")
+                raise
+            except Interrupted:
                 if progress is not None:
                     progress.close()
                 self.save()
@@ -465,7 +497,8 @@ class Trainer:
         self.load_model_state(self.evaluated_state, path)
         loss, accuracy = self.evaluate()
         self.log(f"{path}: test loss {loss:.4f}, test accuracy {accuracy:.4f} ({len(self.data.test)} images)")
-        return {"test_loss": loss, "test_accuracy": accuracy, "checkpoint": str(path)}
+        return {"test_loss": loss, "test_accuracy": accuracy, "test_images": len(self.data.test),
+                "checkpoint": str(path)}
 
 
 def run(config: TrainConfig) -> dict:
