@@ -1,5 +1,5 @@
-"""DEQ benchmark, workload B (defined in benchmarks/NOTES.md): one training step (forward solve + implicit backward) of a DEQ whose cell is
-the weight-tied multi-mask residual cell, with wtext's solver against a plain PyTorch Anderson that checks
+"""DEQ benchmark, workload B (defined in benchmarks/NOTES.md): one training step (forward solve + implicit
+backward) of a DEQ whose cell is the shipped DEQ twin's residual cell (wtext.models.ResidualCell), with wtext's solver against a plain PyTorch Anderson that checks
 convergence with .item() every iteration (the DEQ tutorial / torchdeq style). Same cell, same iteration counts
 (tolerances set so both run the full budget), ratio printed, host reads inside the forward loop counted.
 
@@ -17,25 +17,28 @@ import torch
 from torch import nn
 
 from timing import measure, median_ms, print_profile, print_table
-from wtext import deq, ops
+from wtext import deq, models
+from wtext.nn import MaskSpec
 from wtext.deq.backward import ImplicitGradient
 
 
-class ResidualCell(nn.Module):
-    """relu(GN(z + GN(conv(relu(GN(conv(z, W1 ⊙ M1))), W2 ⊙ M2)) + x)): the MDEQ-style cell of workload B."""
+class ShippedCell(nn.Module):
+    """The DEQ twin's cell exactly as the shipped models run it: wtext.models.ResidualCell with one mask (a DEQ's map
+    must be fixed), its masked weights made by one tied_masked_weights call per weight and training step and used
+    by F.conv2d. Expansion 1 (C -> C -> C) is workload B's cell: relu(GN(z + GN(conv(relu(GN(conv(z, W1 ⊙ M1))),
+    W2 ⊙ M2)) + x)), then GN. Call refresh() once per step, as the models' forward does."""
 
     def __init__(self, channels: int, density: float = 0.5):
         super().__init__()
-        self.w1 = nn.Parameter(torch.randn(channels, channels, 3, 3) * (2 / (9 * channels)) ** 0.5)
-        self.w2 = nn.Parameter(torch.randn(channels, channels, 3, 3) * (2 / (9 * channels)) ** 0.5)
         groups = 8 if channels % 8 == 0 else 1
-        self.norm1, self.norm2, self.norm3 = (nn.GroupNorm(groups, channels) for _ in range(3))
-        self.density = density
+        self.cell = models.ResidualCell(channels, 1, groups, 1, MaskSpec(mode="multi", density=density), 0)
+        self.weights = None
+
+    def refresh(self, device: torch.device) -> None:
+        self.weights = self.cell.masked_weights(device)
 
     def forward(self, z, x):
-        h = torch.relu(self.norm1(ops.masked_conv2d(z, self.w1, None, 1, 0, self.density, "bernoulli", 1, 1)))
-        h = self.norm2(ops.masked_conv2d(h, self.w2, None, 2, 0, self.density, "bernoulli", 1, 1))
-        return self.norm3(torch.relu(z + h + x))
+        return self.cell(z, x, self.weights, 0)
 
 
 def reference_anderson(f, x0, m=5, lam=1e-4, max_iter=18, tol=1e-3, beta=1.0, host_reads=None):
@@ -120,6 +123,8 @@ def print_cell_share(cell, x, args, autocast, reference_ms, device):
     The cell is timed back to back (steady state), as it runs inside a step: timing each call alone adds a launch
     latency per kernel, which on the lent GPU VM made this floor 0.49x where the step's profile left at most 0.40x."""
     z = torch.randn_like(x)
+    with autocast:
+        cell.refresh(device)
     with torch.no_grad(), autocast:
         cell_ms = measure(lambda: cell(z, x), device, args.warmup, args.repeats).steady
     with autocast, torch.enable_grad():
@@ -153,7 +158,7 @@ def main():
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda needs a visible GPU")
     torch.manual_seed(0)
-    cell = ResidualCell(args.channels).to(device)
+    cell = ShippedCell(args.channels).to(device)
     x = torch.randn(args.batch, args.channels, args.size, args.size, device=device)
     if device.type == "cuda":
         cell = cell.to(memory_format=torch.channels_last)
@@ -165,10 +170,12 @@ def main():
 
     def run_reference():
         with autocast:
+            cell.refresh(device)
             reference_step(cell, x, args)
 
     def run_wtext():
         with autocast:
+            cell.refresh(device)
             wtext_step(layer, x)
 
     rows = [("PyTorch Anderson, .item() per step + implicit", median_ms(run_reference, device, args.warmup, args.repeats)),
@@ -179,6 +186,7 @@ def main():
                 rows, "PyTorch Anderson, .item() per step + implicit")
 
     with torch.no_grad(), autocast:
+        cell.refresh(device)
         f = lambda z: cell(z, x)  # noqa: E731
         with counting_host_reads(device) as reference_reads:
             reference_anderson(f, torch.zeros_like(x), max_iter=args.iters, tol=1e-12)
