@@ -1,7 +1,8 @@
 """DEQ benchmark, workload B (defined in benchmarks/NOTES.md): one training step (forward solve + implicit
-backward) of a DEQ whose cell is the shipped DEQ twin's residual cell (wtext.models.ResidualCell), with wtext's solver against a plain PyTorch Anderson that checks
-convergence with .item() every iteration (the DEQ tutorial / torchdeq style). Same cell, same iteration counts
-(tolerances set so both run the full budget), ratio printed, host reads inside the forward loop counted.
+backward) of a DEQ whose cell is the shipped DEQ twin's residual cell (wtext.models.ResidualCell), with wtext's
+solver against a plain PyTorch Anderson that checks convergence with .item() every iteration (the DEQ tutorial /
+torchdeq style). Same cell, same iteration counts (tolerances set so both run the full budget), ratio printed, host
+reads inside the forward loop counted.
 
     python benchmarks/bench_deq.py --device cuda                       # workload B: batch 128, C=128, 32x32
     python benchmarks/bench_deq.py --device cpu --batch 8 --channels 16 --size 16
