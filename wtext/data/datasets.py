@@ -100,17 +100,16 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, device: torch
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; datasets: {', '.join(DATASETS)}")
     mean, std = STATISTICS[name]
-    if name == "synthetic":
-        train_images, train_labels = synthetic.generate(synthetic_train, seed)
-        test_images, test_labels = synthetic.generate(synthetic_test, seed + 1)
+    if name in ("synthetic", "digits"):  # made in memory: every rank makes the whole set, keeps its shard
+        if name == "synthetic":
+            train_set = synthetic.generate(synthetic_train, seed)
+            test_set = synthetic.generate(synthetic_test, seed + 1)
+        else:
+            train_set, test_set = load_digits_splits()
         rank, world = shard
-        train = Split(train_images[rank::world].to(device), train_labels[rank::world].to(device))
-        return Dataset(name, train, Split(test_images.to(device), test_labels.to(device)), 10, mean, std)
-    if name == "digits":
-        (train_images, train_labels), (test_images, test_labels) = load_digits_splits()
-        rank, world = shard
-        train = Split(train_images[rank::world].to(device), train_labels[rank::world].to(device))
-        return Dataset(name, train, Split(test_images.to(device), test_labels.to(device)), 10, mean, std, flip=False)
+        train = Split(train_set[0][rank::world].to(device), train_set[1][rank::world].to(device))
+        test = Split(test_set[0].to(device), test_set[1].to(device))
+        return Dataset(name, train, test, 10, mean, std, flip=name != "digits")
     if data_dir is None:
         raise ValueError(f"dataset {name!r} is read from files: give --data-dir (no download happens here)")
     data_dir = Path(data_dir)

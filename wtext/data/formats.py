@@ -55,9 +55,9 @@ def _check_batch(path: Path, batch: dict, num_classes: int, label_offset: int) -
     if not isinstance(data, np.ndarray):
         raise DatasetError(path, f"'data' must be a numpy array, found {type(data).__name__}")
     if isinstance(labels, (list, tuple)):
-        if not all(isinstance(label, (int, np.integer)) and not isinstance(label, bool) for label in labels):
-            odd = next(label for label in labels if not isinstance(label, (int, np.integer)) or
-                       isinstance(label, bool))
+        odd = next((label for label in labels
+                    if isinstance(label, bool) or not isinstance(label, (int, np.integer))), None)
+        if odd is not None:
             raise DatasetError(path, f"'labels' must be integers, found {odd!r} ({type(odd).__name__})")
         labels = np.asarray(labels, dtype=np.int64)
     elif not isinstance(labels, np.ndarray):

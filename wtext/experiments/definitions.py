@@ -6,6 +6,7 @@ uses the paper-sized presets on CIFAR-10 or ImageNet32 from --data-dir and wants
 """
 
 import json
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,9 +219,8 @@ QUALITY_BUDGET = dict(epochs=6, batch_size=64, lr=1e-3, width=None, depth=None)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    spread = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
-    return mean, spread
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 @experiment("quality", "The tied models learn as well as a plain CNN trained the same way (same epochs, optimizer, "

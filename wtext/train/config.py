@@ -120,8 +120,9 @@ class TrainConfig:
     def check_types(self) -> None:
         """Each field holds its annotated type (a config file can hold anything): bool for bool (not "no"), int
         for int (not 1.5, not True), int or float for float, str for str."""
+        hints = typing.get_type_hints(type(self))
         for f in fields(self):
-            expected = typing.get_type_hints(type(self))[f.name]
+            expected = hints[f.name]
             allowed = typing.get_args(expected) if isinstance(expected, types.UnionType) else (expected,)
             value = getattr(self, f.name)
             if value is None and type(None) in allowed:
@@ -136,9 +137,10 @@ class TrainConfig:
                 names = " or ".join("null" if kind is type(None) else kind.__name__ for kind in allowed)
                 raise ValueError(f"{f.name} must be {names}; got {f.name}={value!r} ({type(value).__name__})")
             if float in allowed and isinstance(value, int) and not isinstance(value, bool):
-                if abs(value) > 2**1023:
-                    raise ValueError(f"{f.name} must be a finite number; got {f.name}={value}")
-                object.__setattr__(self, f.name, float(value))
+                try:
+                    object.__setattr__(self, f.name, float(value))
+                except OverflowError:
+                    raise ValueError(f"{f.name} must be a finite number; got {f.name}={value}") from None
 
     def nm_pair(self) -> tuple[int, int]:
         try:

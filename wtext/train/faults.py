@@ -2,7 +2,7 @@
 
 Set WTEXT_CRASH_AT="EVENT:N" (e.g. "step:5", "checkpoint:2", "metrics:1") and the process kills itself with
 SIGKILL, the signal no handler can intercept, right after the N-th occurrence of EVENT. Unset, this costs one
-dictionary lookup per event.
+environment lookup per event.
 """
 
 import os

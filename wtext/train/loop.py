@@ -76,8 +76,8 @@ def settings_for_evaluation(config: TrainConfig, trained: dict, path: Path) -> T
     its default takes the trained value."""
     defaults = TrainConfig()
     # The data it was trained on, unless another is asked for (evaluating on other data is legitimate).
-    updates = {name: trained[name] for name in DATA_OPTIONS
-               if name in trained and getattr(config, name) == getattr(defaults, name)}
+    updates = {name: trained[name] for name in DATA_OPTIONS if name in trained
+               and getattr(config, name) == getattr(defaults, name) != trained[name]}
     for name in MODEL_OPTIONS:
         given = getattr(config, name)
         if name not in trained or trained[name] == given:
@@ -86,7 +86,6 @@ def settings_for_evaluation(config: TrainConfig, trained: dict, path: Path) -> T
             raise ValueError(f"{path} was trained with {name}={trained[name]!r}; --eval-only evaluates the model as "
                              f"it was trained, so {name}={given!r} cannot apply (drop the option)")
         updates[name] = trained[name]
-    updates = {name: value for name, value in updates.items() if getattr(config, name) != value}
     return dataclasses.replace(config, **updates) if updates else config
 
 
@@ -191,7 +190,6 @@ class Trainer:
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "steps_done": self.steps_done,
-            "running": self.running.cpu(),
             "seconds": self.epoch_seconds(),
             "history": self.history,
             "best": list(self.best),
@@ -209,7 +207,7 @@ class Trainer:
     def check_finite(self) -> None:
         """Raises NonFiniteLoss if the epoch's loss sum or any parameter is NaN or infinite, on any rank."""
         finite = torch.stack([self.running[0].isfinite()] +
-                             [p.detach().isfinite().all().to(self.device) for p in self.core.parameters()]).all()
+                             [p.detach().isfinite().all() for p in self.core.parameters()]).all()
         (bad,) = self.agreed(not bool(finite))
         if not bad:
             return
@@ -226,12 +224,11 @@ class Trainer:
     def save(self) -> None:
         """Checkpoints the run, after checking that what it would save is finite."""
         self.check_finite()
-        payload = self.checkpoint_payload()
+        running = self.running.cpu()
         if self.cluster.active:  # the ranks' running sums, summed (rank 0 restores them, the others start at 0)
-            payload["running"] = torch.tensor(all_reduce_sum(self.running.tolist(), self.device, self.cluster),
-                                              dtype=torch.float64)
+            running = torch.tensor(all_reduce_sum(running.tolist(), self.device, self.cluster), dtype=torch.float64)
         if self.cluster.main:
-            save_atomic(payload, self.run_dir / "checkpoint.pt")
+            save_atomic({**self.checkpoint_payload(), "running": running}, self.run_dir / "checkpoint.pt")
         self.last_saved = (self.epoch, self.step_in_epoch)
         self.last_save_time = time.monotonic()
         crash_point("checkpoint")

@@ -9,20 +9,6 @@ def append_metrics(run_dir: Path, record: dict) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by a crash; --resume rewrites the file whole
-                break
-    return records
-
-
 def write_metrics(run_dir: Path, records: list[dict]) -> None:
     """Rewrites metrics.jsonl with exactly these records (on resume: the epochs the checkpoint says finished)."""
     from .checkpoint import write_text_atomic
