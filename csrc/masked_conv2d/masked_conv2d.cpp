@@ -4,9 +4,8 @@
 // dtype and layout) and hands it to the backend's convolution (cuDNN on CUDA, oneDNN/native on CPU). Under autograd
 // the masked weight is kept for the backward's grad_x GEMM when x needs a gradient (the mask itself is never
 // stored); in backward one kernel masks the weight gradient, reading it in place in the layout the backend
-// returns. The forward and backward are ops of their own, registered per dispatch key, so a direct implicit-GEMM
-// kernel that applies the mask while loading weight tiles can replace the CUDA registration without touching the
-// schema or the Python side.
+// returns. The forward and backward are ops of their own, so a direct implicit-GEMM kernel that applies the mask
+// while loading weight tiles can be registered for the CUDA key without touching the schema or the Python side.
 #include <ATen/ATen.h>
 #include <c10/util/safe_numerics.h>
 #include <torch/library.h>
@@ -17,17 +16,12 @@
 #include <tuple>
 #include <utility>
 
-#include "tied_masked_weights/tied_masked_weights.h"
+#include "masked_conv2d/masked_conv2d.h"
+#include "masked_layer/layer_autocast.h"
 
 namespace wtext {
 
 namespace {
-
-// The one rule for the layout of outputs and gradients; wtext/ops/fake.py mirrors it for the fake kernels.
-at::MemoryFormat layer_memory_format(const at::Tensor& x) {
-  const bool channels_last = x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous();
-  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-}
 
 // Checks the arguments of a masked conv op (errors name the argument and the value) and returns the output's shape
 // [N, out, H_out, W_out]. Sizes are bounded before any arithmetic on them: with a huge padding or dilation the int64
@@ -88,6 +82,8 @@ std::array<int64_t, 4> check_conv_arguments(const at::Tensor& x, const at::Tenso
   return output;
 }
 
+}  // namespace
+
 // The forward, also returning the masked weight it computed. masked_conv2d's autograd kernel calls this and keeps
 // the masked weight for the backward's grad_x GEMM when x needs a gradient, instead of regenerating it there (one
 // mask kernel and launch fewer per backward; a DEQ's adjoint solve runs ~20 backward passes through one forward).
@@ -147,8 +143,6 @@ LayerGradients masked_conv2d_backward(const at::Tensor& grad_out, const at::Tens
   return gradients;
 }
 
-}  // namespace
-
 TORCH_LIBRARY_FRAGMENT(wtext, m) {
   m.def(
       "masked_conv2d(Tensor x, Tensor weight, Tensor? bias, int seed, int layer, float density, str pattern, "
@@ -165,18 +159,23 @@ TORCH_LIBRARY_FRAGMENT(wtext, m) {
       "bool[2] output_mask) -> (Tensor?, Tensor?)");
 }
 
-// The body only calls other ops, so one implementation serves every backend; a CUDA-specific fused kernel would
-// replace the CUDA registration below.
-TORCH_LIBRARY_IMPL(wtext, CPU, m) {
+// The bodies only call other ops (the mask kernels of x's device, then the backend's convolution), so one
+// registration serves every backend; a device-specific fused kernel would be registered for its own key, which takes
+// precedence. The fake kernels (wtext/ops/fake.py) are registered for Meta, which takes precedence too.
+TORCH_LIBRARY_IMPL(wtext, CompositeExplicitAutograd, m) {
   m.impl("masked_conv2d", &masked_conv2d);
   m.impl("masked_conv2d_forward", &masked_conv2d_forward);
   m.impl("masked_conv2d_backward", &masked_conv2d_backward);
 }
 
-TORCH_LIBRARY_IMPL(wtext, CUDA, m) {
-  m.impl("masked_conv2d", &masked_conv2d);
-  m.impl("masked_conv2d_forward", &masked_conv2d_forward);
-  m.impl("masked_conv2d_backward", &masked_conv2d_backward);
+constexpr char kMaskedConv2d[] = "wtext::masked_conv2d";
+
+TORCH_LIBRARY_IMPL(wtext, AutocastCPU, m) {
+  register_layer_autocast<MaskedConv2dSignature<at::Tensor>, kMaskedConv2d>(m, c10::DeviceType::CPU);
+}
+
+TORCH_LIBRARY_IMPL(wtext, AutocastCUDA, m) {
+  register_layer_autocast<MaskedConv2dSignature<at::Tensor>, kMaskedConv2d>(m, c10::DeviceType::CUDA);
 }
 
 }  // namespace wtext

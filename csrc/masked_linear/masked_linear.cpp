@@ -9,7 +9,8 @@
 #include <tuple>
 #include <vector>
 
-#include "tied_masked_weights/tied_masked_weights.h"
+#include "masked_linear/masked_linear.h"
+#include "masked_layer/layer_autocast.h"
 
 namespace wtext {
 
@@ -22,6 +23,8 @@ void check_linear_arguments(const at::Tensor& x, const at::Tensor& weight, const
               weight.size(1), " (weight.shape=", weight.sizes(), "); got x.shape=", x.sizes());
   check_bias_shape("masked_linear", bias, weight);
 }
+
+}  // namespace
 
 // As masked_conv2d_forward: the forward, also returning the masked weight, for the autograd kernel to keep.
 std::tuple<at::Tensor, at::Tensor> masked_linear_forward(const at::Tensor& x, const at::Tensor& weight,
@@ -65,8 +68,6 @@ LayerGradients masked_linear_backward(const at::Tensor& grad_out, const at::Tens
   return gradients;
 }
 
-}  // namespace
-
 TORCH_LIBRARY_FRAGMENT(wtext, m) {
   m.def(
       "masked_linear(Tensor x, Tensor weight, Tensor? bias, int seed, int layer, float density, str pattern, "
@@ -80,16 +81,23 @@ TORCH_LIBRARY_FRAGMENT(wtext, m) {
       "float density, str pattern, int nm_n, int nm_m, bool[2] output_mask) -> (Tensor?, Tensor?)");
 }
 
-TORCH_LIBRARY_IMPL(wtext, CPU, m) {
+// The bodies only call other ops (the mask kernels of x's device, then the backend's GEMM), so one
+// registration serves every backend; a device-specific fused kernel would be registered for its own key, which takes
+// precedence. The fake kernels (wtext/ops/fake.py) are registered for Meta, which takes precedence too.
+TORCH_LIBRARY_IMPL(wtext, CompositeExplicitAutograd, m) {
   m.impl("masked_linear", &masked_linear);
   m.impl("masked_linear_forward", &masked_linear_forward);
   m.impl("masked_linear_backward", &masked_linear_backward);
 }
 
-TORCH_LIBRARY_IMPL(wtext, CUDA, m) {
-  m.impl("masked_linear", &masked_linear);
-  m.impl("masked_linear_forward", &masked_linear_forward);
-  m.impl("masked_linear_backward", &masked_linear_backward);
+constexpr char kMaskedLinear[] = "wtext::masked_linear";
+
+TORCH_LIBRARY_IMPL(wtext, AutocastCPU, m) {
+  register_layer_autocast<MaskedLinearSignature<at::Tensor>, kMaskedLinear>(m, c10::DeviceType::CPU);
+}
+
+TORCH_LIBRARY_IMPL(wtext, AutocastCUDA, m) {
+  register_layer_autocast<MaskedLinearSignature<at::Tensor>, kMaskedLinear>(m, c10::DeviceType::CUDA);
 }
 
 }  // namespace wtext

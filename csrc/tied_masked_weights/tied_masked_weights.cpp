@@ -16,12 +16,6 @@ std::vector<int64_t> stacked_shape(int64_t num_layers, at::IntArrayRef weight_sh
   return shape;
 }
 
-// A 4-d tensor stored channels_last ([out, kh, kw, in] in memory) that is not also row-major (in = 1 or
-// kh = kw = 1 make the two orders equal, and then no index map is needed).
-bool channels_last_only(const at::Tensor& tensor) {
-  return tensor.dim() == 4 && !tensor.is_contiguous() && tensor.is_contiguous(at::MemoryFormat::ChannelsLast);
-}
-
 // Strides of stacked views [L, out, in, kh, kw] of a 4-d weight, each view channels_last.
 std::vector<int64_t> stacked_channels_last_strides(const at::Tensor& weight) {
   const int64_t in = weight.size(1), kw = weight.size(3);
@@ -44,6 +38,12 @@ bool stacked_channels_last(const at::Tensor& stacked, const at::Tensor& weight) 
 // which may then also be one layer without that dim (a masked layer op's weight): no view op on that hot path.
 at::Tensor chunk_layers(const at::Tensor& layers, const TiedMaskPlan& plan, int64_t start, int64_t count) {
   return plan.chunks.size() == 1 ? layers : layers.narrow(0, start, count);
+}
+
+}  // namespace
+
+bool channels_last_only(const at::Tensor& tensor) {
+  return tensor.dim() == 4 && !tensor.is_contiguous() && tensor.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
 
 // Writes W ⊙ M_l for the plan's layers into out (its layers row-major, or channels_last views when
@@ -84,8 +84,6 @@ at::Tensor sum_masked_gradients(const TiedMaskKernels& kernels, const TiedMaskPl
   }
   return grad_weight;
 }
-
-}  // namespace
 
 at::Tensor mask_op(const TiedMaskKernels& kernels, const at::Tensor& like, int64_t seed, int64_t layer, double density,
                    const std::string& pattern, int64_t nm_n, int64_t nm_m) {
@@ -162,67 +160,6 @@ const TiedMaskKernels& tied_mask_kernels(c10::DeviceType device_type) {
   TORCH_CHECK(kernels != nullptr, "wtext has no mask kernels for device type ", device_type,
               " (wtext._C was built without them)");
   return *kernels;
-}
-
-MaskedLayerWeight::MaskedLayerWeight(const at::Tensor& weight, int64_t seed, int64_t layer, double density,
-                                     const std::string& pattern, int64_t nm_n, int64_t nm_m)
-    : weight_(weight),
-      plan_(plan_tied_masks(weight, {layer}, seed, density, pattern, nm_n, nm_m, "multi")),
-      kernels_(&tied_mask_kernels(weight.device().type())) {}
-
-at::Tensor MaskedLayerWeight::masked(at::ScalarType dtype, at::MemoryFormat format) const {
-  at::Tensor out = at::empty(weight_.sizes(), weight_.options().dtype(dtype).memory_format(format));
-  write_masked_views(*kernels_, plan_, weight_, out, channels_last_only(out));
-  return out;
-}
-
-at::Tensor MaskedLayerWeight::gradient(const at::Tensor& grad_effective_weight) const {
-  TORCH_CHECK(grad_effective_weight.sizes() == weight_.sizes() && grad_effective_weight.device() == weight_.device(),
-              "the effective weight's gradient must match weight (shape ", weight_.sizes(), ", device ",
-              weight_.device(), "); got shape ", grad_effective_weight.sizes(), " on ", grad_effective_weight.device());
-  return sum_masked_gradients(*kernels_, plan_, grad_effective_weight, weight_,
-                              channels_last_only(grad_effective_weight));
-}
-
-void check_layer_inputs(const char* op, const at::Tensor& x, const at::Tensor& weight,
-                        const std::optional<at::Tensor>& bias) {
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must have a floating-point dtype; got x.dtype=",
-              x.scalar_type());
-  TORCH_CHECK(x.device() == weight.device(), op, ": x and weight must be on the same device; got x.device=",
-              x.device(), " and weight.device=", weight.device());
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->device() == weight.device(), op,
-                ": bias and weight must be on the same device; got bias.device=", bias->device(),
-                " and weight.device=", weight.device());
-    TORCH_CHECK(at::isFloatingType(bias->scalar_type()), op, ": bias must have a floating-point dtype; got bias.dtype=",
-                bias->scalar_type());
-  }
-}
-
-void check_bias_shape(const char* op, const std::optional<at::Tensor>& bias, const at::Tensor& weight) {
-  if (!bias.has_value()) return;
-  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op,
-              ": bias must have shape [out] = [", weight.size(0), "]; got bias.shape=", bias->sizes());
-}
-
-void check_masked_weight(const char* op, const std::optional<at::Tensor>& masked_weight, const at::Tensor& x,
-                         const at::Tensor& weight) {
-  if (!masked_weight.has_value()) return;
-  TORCH_CHECK(masked_weight->sizes() == weight.sizes(), op, ": masked_weight must have weight's shape ",
-              weight.sizes(), "; got masked_weight.shape=", masked_weight->sizes());
-  TORCH_CHECK(masked_weight->scalar_type() == x.scalar_type(), op, ": masked_weight must have x's dtype ",
-              x.scalar_type(), "; got masked_weight.dtype=", masked_weight->scalar_type());
-  TORCH_CHECK(masked_weight->device() == x.device(), op, ": masked_weight must be on x's device ", x.device(),
-              "; got masked_weight.device=", masked_weight->device());
-}
-
-void check_grad_out(const char* op, const at::Tensor& grad_out, at::IntArrayRef output_shape, const at::Tensor& x) {
-  TORCH_CHECK(grad_out.device() == x.device(), op, ": grad_out must be on x's device ", x.device(),
-              "; got grad_out.device=", grad_out.device());
-  TORCH_CHECK(at::isFloatingType(grad_out.scalar_type()), op, ": grad_out must have a floating-point dtype (x's is ",
-              x.scalar_type(), "); got grad_out.dtype=", grad_out.scalar_type());
-  TORCH_CHECK(grad_out.sizes() == output_shape, op, ": grad_out must have the output's shape ", output_shape,
-              "; got grad_out.shape=", grad_out.sizes());
 }
 
 }  // namespace wtext

@@ -1,5 +1,6 @@
 // Device-independent bodies of the mask ops: argument checks, output allocation, chunking over layers.
-// Each backend supplies only the element loops (TiedMaskKernels) and registers the ops for its dispatch key.
+// Each backend supplies only the element loops (TiedMaskKernels) and registers the ops for its dispatch key. The
+// masked layer ops (csrc/masked_layer) build on the same pieces for one layer.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -21,6 +22,20 @@ struct TiedMaskKernels {
   void (*backward)(const TiedMaskParams& params, MaskPattern pattern, const at::Tensor& grad,
                    const at::Tensor& grad_weight, bool accumulate);
 };
+
+// A 4-d tensor stored channels_last ([out, kh, kw, in] in memory) that is not also row-major (in = 1 or
+// kh = kw = 1 make the two orders equal, and then no index map is needed).
+bool channels_last_only(const at::Tensor& tensor);
+
+// Writes W ⊙ M_l for the plan's layers into out (its layers row-major, or channels_last views when
+// `channels_last`). A plan of one chunk may write a single layer's tensor without the layers dim (a masked layer's
+// weight).
+void write_masked_views(const TiedMaskKernels& kernels, const TiedMaskPlan& plan, const at::Tensor& weight,
+                        const at::Tensor& out, bool channels_last);
+
+// dW = sum_l grad_l ⊙ M_l over the plan's layers, in weight's dtype; grad is read in place when `channels_last`.
+at::Tensor sum_masked_gradients(const TiedMaskKernels& kernels, const TiedMaskPlan& plan, const at::Tensor& grad,
+                                const at::Tensor& weight, bool channels_last);
 
 at::Tensor mask_op(const TiedMaskKernels& kernels, const at::Tensor& like, int64_t seed, int64_t layer, double density,
                    const std::string& pattern, int64_t nm_n, int64_t nm_m);
@@ -64,52 +79,5 @@ void register_tied_mask_ops(torch::Library& m, c10::DeviceType device_type) {
                                                   nm_n, nm_m, std::string(mode));
          });
 }
-
-}  // namespace wtext
-
-namespace wtext {
-
-// One layer's mask on one weight, planned once, as the masked conv/linear ops use it in forward and backward.
-class MaskedLayerWeight {
- public:
-  MaskedLayerWeight(const at::Tensor& weight, int64_t seed, int64_t layer, double density, const std::string& pattern,
-                    int64_t nm_n, int64_t nm_m);
-
-  // W ⊙ M written by one kernel directly in `dtype` and `format` (Contiguous, or ChannelsLast for a 4-d weight, so
-  // a channels_last convolution needs no weight reorder). The layer ops keep it for the backward only when x needs a
-  // gradient (the one GEMM that reads it); the stacked tied views are never kept (see tied_masked_weights).
-  at::Tensor masked(at::ScalarType dtype, at::MemoryFormat format) const;
-
-  // dW = grad_effective_weight ⊙ M, in weight's dtype (the single-layer case of the fused reduction). A
-  // channels_last gradient, as a channels_last convolution's backward gives, is read in place.
-  at::Tensor gradient(const at::Tensor& grad_effective_weight) const;
-
- private:
-  at::Tensor weight_;
-  TiedMaskPlan plan_;
-  const TiedMaskKernels* kernels_;
-};
-
-// Checks shared by the masked layer ops: floating x and bias, same device for x/weight/bias.
-void check_layer_inputs(const char* op, const at::Tensor& x, const at::Tensor& weight,
-                        const std::optional<at::Tensor>& bias);
-
-// bias of shape [out]. Checked after the op has checked weight's shape: with a weight of the wrong rank, the error
-// must be about the weight, not about a bias that disagrees with it.
-void check_bias_shape(const char* op, const std::optional<at::Tensor>& bias, const at::Tensor& weight);
-
-// Checks a masked layer backward op's masked_weight (the forward's W ⊙ M, reused for grad_x): weight's shape, x's
-// dtype and device; errors name the argument and the value. None passes (the backward regenerates it). Its layout is
-// not checked: any layout gives the same gradients, x's layout only spares the backend a reorder.
-void check_masked_weight(const char* op, const std::optional<at::Tensor>& masked_weight, const at::Tensor& x,
-                         const at::Tensor& weight);
-
-// Checks a masked layer backward op's grad_out against the forward's output: its shape, a floating-point dtype (it is
-// cast to x's dtype, as the forward's output had) and x's device; errors name grad_out and show what was expected.
-void check_grad_out(const char* op, const at::Tensor& grad_out, at::IntArrayRef output_shape, const at::Tensor& x);
-
-// (grad_x, grad_weight) of a masked layer's backward op; an entry its output_mask did not ask for is left empty
-// (None in Python), so its GEMM never runs.
-using LayerGradients = std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>>;
 
 }  // namespace wtext

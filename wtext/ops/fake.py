@@ -1,6 +1,6 @@
 """Fake (meta) kernels: output shapes, dtypes and layouts of every wtext op, so torch.compile can trace them.
 
-The layout rule mirrors layer_memory_format() in csrc/masked_conv2d/masked_conv2d.cpp: outputs, input gradients
+The layout rule mirrors layer_memory_format() in csrc/masked_layer/masked_layer.cpp: outputs, input gradients
 and the kept masked weight of a layer are channels_last exactly when x is channels_last-contiguous and not
 plain-contiguous; the views of tied_masked_weights follow the same rule applied to the weight
 (csrc/tied_masked_weights).
@@ -32,7 +32,7 @@ def _shape(tensor: torch.Tensor) -> list:
 
 
 def _check_layer_inputs(op: str, x, weight, bias) -> None:
-    # the order of check_layer_inputs (csrc/tied_masked_weights)
+    # the order of check_layer_inputs (csrc/masked_layer)
     if not x.dtype.is_floating_point:
         raise RuntimeError(f"{op}: x must have a floating-point dtype; got x.dtype={x.dtype}")
     _same_device(op, "weight", weight, x=x, bias=bias)
