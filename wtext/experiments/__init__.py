@@ -1,6 +1,8 @@
 """The paper's experiments as commands: python -m wtext.experiments NAME."""
 
 from .definitions import EXPERIMENTS, SCALES
-from .sweep import PlanShown, Sweep, markdown_table, run_sweep
+from .statistics import Comparison, compare, mean_std
+from .sweep import PlanShown, Sweep, WorkerFinished, markdown_table
 
-__all__ = ["EXPERIMENTS", "PlanShown", "SCALES", "Sweep", "markdown_table", "run_sweep"]
+__all__ = ["EXPERIMENTS", "Comparison", "PlanShown", "SCALES", "Sweep", "WorkerFinished", "compare",
+           "markdown_table", "mean_std"]

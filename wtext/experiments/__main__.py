@@ -1,13 +1,19 @@
-"""Reproduce the paper's experiments, one command each.
+"""Reproduce the paper's experiments, one command each, with several seeds and a verdict per claim.
 
     python -m wtext.experiments list
-    python -m wtext.experiments NAME [--scale quick|paper] [--data-dir DIR] [--dataset cifar10|imagenet32]
-                                     [--out results/NAME] [--epochs N] [--train-images N] [--test-images N]
-                                     [--dry-run]
+    python -m wtext.experiments NAME [--scale quick|paper] [--seeds N] [--dataset NAME] [--data-dir DIR]
+                                     [--model PRESET] [--width W] [--depth D] [--epochs N] [--batch-size B]
+                                     [--train-images N] [--test-images N] [--device DEV] [--out DIR]
+                                     [--dry-run] [--worker I/N|slurm] [--no-train]
 
-NAME: masks, density, width-depth, deq, cka, quality (docs/experiments.md maps each to the claim it checks). Every run
-trains into OUT/runs/RUN; runs that already finished with the same options are skipped, so an interrupted sweep
-resumes. OUT gets results.md (table), a PNG plot and results.json (raw metrics of every run).
+NAME: see `list` (docs/experiments.md maps each to the claim it checks). Every run is trained once per seed into
+OUT/runs/RUN/seed-S; finished ones are skipped and interrupted ones resume from their checkpoint, so a stopped
+sweep continues where it stopped. OUT gets results.md (tables with mean ± std over seeds and a verdict per claim),
+a PNG plot with error bars and results.json (every seed's metrics and the comparisons).
+
+Spreading a sweep over machines: start N workers with --worker 1/N ... N/N (or, in a Slurm job array,
+--worker slurm); each trains its share of the (run, seed) jobs into the shared OUT and stops. Then run the same
+command without --worker (add --no-train to refuse training anything still missing) to write the tables.
 """
 
 import argparse
@@ -15,53 +21,102 @@ import sys
 import time
 from pathlib import Path
 
+from wtext.data.datasets import DATASETS
+from wtext.models import PRESETS
+
 from .definitions import EXPERIMENTS, SCALES
-from .sweep import PlanShown, Sweep
+from .sweep import PlanShown, Sweep, WorkerFinished, parse_worker
+
+DEFAULT_SEEDS = {"quick": 3, "paper": 3}
+# Command-line options that set a TrainConfig field of every run: (option, field).
+RUN_OPTIONS = (("dataset", "dataset"), ("data_dir", "data_dir"), ("model", "model"), ("width", "width"),
+               ("depth", "depth"), ("epochs", "epochs"), ("batch_size", "batch_size"),
+               ("train_images", "synthetic_train"), ("test_images", "synthetic_test"))
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m wtext.experiments", description=__doc__,
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1; got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m wtext.experiments", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=["list", *EXPERIMENTS], help="an experiment, or list")
     parser.add_argument("--scale", choices=sorted(SCALES), default="quick",
-                        help="quick: synthetic data, tiny models, CPU minutes; paper: paper-sized, needs --data-dir")
-    parser.add_argument("--data-dir", help="CIFAR-10 / ImageNet32 files (paper scale)")
-    parser.add_argument("--dataset", choices=["cifar10", "imagenet32"], help="paper-scale data set (default cifar10)")
+                        help="quick: synthetic data, tiny models, CPU minutes; paper: paper-sized models on CIFAR-10 "
+                             "or ImageNet32 (needs --data-dir), a GPU job")
+    parser.add_argument("--seeds", type=positive_int,
+                        help=f"seeds per run (0 .. N-1); default {DEFAULT_SEEDS['quick']}")
+    parser.add_argument("--dataset", choices=DATASETS, help="data of every run (default: the scale's)")
+    parser.add_argument("--data-dir", help="folder with CIFAR-10 / ImageNet32 files")
+    parser.add_argument("--model", choices=sorted(PRESETS), help="model preset of the runs that do not set their own")
+    parser.add_argument("--width", type=positive_int, help="width of the runs that do not set their own")
+    parser.add_argument("--depth", type=positive_int, help="depth of the runs that do not set their own")
+    parser.add_argument("--epochs", type=positive_int, help="epochs of every run")
+    parser.add_argument("--batch-size", type=positive_int, help="batch size of every run")
+    parser.add_argument("--train-images", type=positive_int, help="training images of the synthetic set")
+    parser.add_argument("--test-images", type=positive_int, help="test images of the synthetic set")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--out", help="results directory (default results/NAME-SCALE)")
-    parser.add_argument("--epochs", type=int, help="override the scale's epochs")
-    parser.add_argument("--train-images", type=int, help="override the synthetic training images (quick scale)")
-    parser.add_argument("--test-images", type=int, help="override the synthetic test images (quick scale)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--dry-run", action="store_true", help="list the runs and check their options; train nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list the runs with a wall-time estimate each (from a few measured steps of every "
+                             "distinct model on the chosen device); train nothing")
+    parser.add_argument("--worker", type=str, metavar="I/N|slurm",
+                        help="train only this worker's share of the runs (the I-th of every N) and stop")
+    parser.add_argument("--no-train", action="store_true",
+                        help="train nothing: write the tables from finished runs, or say which are missing")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.name == "list":
         for experiment in EXPERIMENTS.values():
             print(f"{experiment.name:<12} {experiment.claim}")
         return 0
+    try:
+        worker = parse_worker(args.worker) if args.worker is not None else None
+    except ValueError as error:
+        parser.error(str(error))
     base = dict(SCALES[args.scale], device=args.device)
-    if args.scale == "paper":
-        if not args.data_dir:
-            parser.error("--scale paper trains on CIFAR-10 or ImageNet32: give --data-dir")
-        base.update(data_dir=args.data_dir, dataset=args.dataset or "cifar10")
-    given = {field: getattr(args, option) for option, field in
-             (("epochs", "epochs"), ("train_images", "synthetic_train"), ("test_images", "synthetic_test"))
-             if getattr(args, option) is not None}
+    dataset = args.dataset or base["dataset"]
+    if dataset in ("cifar10", "imagenet32") and not args.data_dir:
+        parser.error(f"{dataset} is read from files: give --data-dir (at --scale paper the default data set is "
+                     f"cifar10)")
+    if args.model is not None:  # the scale's width and depth belong to its own preset
+        base.update(width=None, depth=None)
+    given = {field: getattr(args, option) for option, field in RUN_OPTIONS if getattr(args, option) is not None}
+    if worker is not None and args.device == "auto":
+        import torch
+
+        if torch.cuda.device_count() > 1:  # local workers on a multi-GPU node take one GPU each
+            given["device"] = f"cuda:{worker[0] % torch.cuda.device_count()}"
+    seeds = tuple(range(args.seeds or DEFAULT_SEEDS[args.scale]))
     experiment = EXPERIMENTS[args.name]
     out_dir = Path(args.out or f"results/{args.name}-{args.scale}")
     if not args.dry_run:
         out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    print(f"{experiment.name} ({args.scale} scale) -> {out_dir}\nclaim: {experiment.claim}", flush=True)
-    sweep = Sweep(out_dir, base, lambda message: print(message, flush=True), dry_run=args.dry_run, given=given)
+    print(f"{experiment.name} ({args.scale} scale, {len(seeds)} seed(s)) -> {out_dir}\nclaim: {experiment.claim}",
+          flush=True)
+    sweep = Sweep(out_dir, base, lambda message: print(message, flush=True), dry_run=args.dry_run, given=given,
+                  seeds=seeds, worker=worker, train=not args.no_train)
     try:
         body = experiment.run(out_dir, args.scale, sweep)
-    except PlanShown:
+    except (PlanShown, WorkerFinished):
         return 0
     except (ValueError, FileNotFoundError) as error:
         print(f"wtext.experiments: error: {error}", file=sys.stderr)
         return 2
     report = (f"# {experiment.name} ({args.scale} scale)\n\nClaim checked: {experiment.claim}\n\n{body}\n\n"
-              f"Raw metrics of every run: results.json and runs/*/metrics.jsonl. Wall time "
+              f"Raw metrics of every run and seed: results.json and runs/*/seed-*/metrics.jsonl. Wall time "
               f"{time.perf_counter() - start:.0f} s.\n")
     (out_dir / "results.md").write_text(report)
     print("\n" + report, flush=True)

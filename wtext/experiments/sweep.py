@@ -1,45 +1,89 @@
-"""Running a sweep of training runs into one results directory: finished runs are skipped, so an interrupted sweep
-resumes where it stopped."""
+"""Running a sweep of training runs over seeds into one results directory.
 
+Every (run, seed) trains into OUT/runs/RUN/seed-S. A finished one (summary.json, same options) is skipped and an
+interrupted one resumes from its checkpoint, so a sweep stopped anywhere continues where it stopped. Compared runs
+share their seed: the same data order, initialization and mask seed (paired runs). Workers (worker=(i, n)) each
+train the i-th of every n jobs and stop; the same command without a worker then merges the results.
+"""
+
+import contextlib
 import dataclasses
+import io
 import json
+import math
+import tempfile
+import time
 from pathlib import Path
 
 from wtext.train import TrainConfig, run
+from wtext.train.loop import RESUMABLE_CHANGES
+
+# Options of the training budget and the data's location: the command line's value always wins. Any other option
+# the command line gives (model, width, depth, dataset ...) is the base of every run, but an experiment that varies
+# it keeps its own values (a width-vs-depth sweep keeps its widths).
+BUDGET_OPTIONS = ("epochs", "batch_size", "synthetic_train", "synthetic_test", "data_dir", "device")
 
 
-def run_sweep(out_dir: Path, base: dict, runs: dict[str, dict], log=print,
-              given: dict | None = None) -> dict[str, dict]:
-    """Trains every run (base options, updated by the run's, then by `given`: the options the user gave on the
-    command line, which win) into out_dir/runs/NAME; returns {name: result}, where a result holds the run's
-    summary, its metrics per epoch and its resolved config."""
-    results = {}
-    for index, (name, overrides) in enumerate(runs.items(), start=1):
-        run_dir = out_dir / "runs" / name
-        summary_path = run_dir / "summary.json"
-        config = TrainConfig(**{**base, **overrides, **(given or {}), "run_dir": str(run_dir)})
-        if summary_path.is_file() and _same_config(run_dir, config):
-            log(f"[{index}/{len(runs)}] {name}: done before, skipped")
-        else:
-            log(f"[{index}/{len(runs)}] {name}: training")
-            run(config)
-        results[name] = {
-            "summary": json.loads(summary_path.read_text()),
-            "metrics": [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()],
-            "config": dataclasses.asdict(config),
-        }
-    return results
+class PlanShown(Exception):
+    """Raised by a dry-run sweep once it has shown its plan."""
 
 
-def _same_config(run_dir: Path, config: TrainConfig) -> bool:
-    """A finished run counts only if it was made with the same options (a changed sweep re-runs it)."""
+class WorkerFinished(Exception):
+    """Raised by a worker's sweep once it has trained its share of the runs."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One (run, seed) of a sweep."""
+
+    name: str
+    seed: int
+    config: TrainConfig
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} seed {self.seed}"
+
+
+def run_dir_of(out_dir: Path, name: str, seed: int) -> Path:
+    return out_dir / "runs" / name / f"seed-{seed}"
+
+
+def same_config(run_dir: Path, config: TrainConfig) -> bool:
+    """Whether the run in run_dir was made with the same options (a changed sweep re-runs it)."""
     path = run_dir / "config.json"
     if not path.is_file():
         return False
     saved = json.loads(path.read_text())
     current = dataclasses.asdict(config)
-    ignored = {"progress", "resume", "run_dir", "device"}
-    return all(saved.get(k) == v for k, v in current.items() if k not in ignored)
+    # Options a run may change when it resumes (epochs among them: a longer sweep continues its runs).
+    return all(saved.get(k) == v for k, v in current.items() if k not in RESUMABLE_CHANGES)
+
+
+def finished(job: Job) -> bool:
+    """Whether the job's run directory holds a finished run of its options and epochs."""
+    run_dir = Path(job.config.run_dir)
+    if not (run_dir / "summary.json").is_file() or not same_config(run_dir, job.config):
+        return False
+    return json.loads((run_dir / "summary.json").read_text()).get("epochs") == job.config.epochs
+
+
+def load_result(job: Job) -> dict:
+    """A finished job's summary, metrics per epoch, resolved config and seed."""
+    run_dir = Path(job.config.run_dir)
+    return {
+        "seed": job.seed,
+        "summary": json.loads((run_dir / "summary.json").read_text()),
+        "metrics": [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()],
+        "config": dataclasses.asdict(job.config),
+    }
+
+
+def train_job(job: Job) -> None:
+    """Trains a job, resuming it when its run directory holds a checkpoint of the same options."""
+    run_dir = Path(job.config.run_dir)
+    resumable = (run_dir / "checkpoint.pt").is_file() and same_config(run_dir, job.config)
+    run(dataclasses.replace(job.config, resume=resumable))
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
@@ -55,30 +99,206 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-class PlanShown(Exception):
-    """Raised by a dry-run sweep once it has shown its plan."""
-
-
 class Sweep:
-    """What an experiment trains its runs with: run(runs) trains (or, dry_run, lists and validates) them.
-    base: the scale's options, which a run's own options override; given: options from the command line, which
-    override both."""
+    """What an experiment trains its runs with: run(runs) trains every run at every seed and returns
+    {name: [result of seed s for s in seeds]}.
 
-    def __init__(self, out_dir: Path, base: dict, log=print, dry_run: bool = False, given: dict | None = None):
+    base: the scale's options; given: options from the command line (see BUDGET_OPTIONS for which win over a
+    run's own); seeds: the seeds every run is trained with; worker: (i, n) to train only the jobs j with
+    j % n == i and stop; dry_run: list the jobs with measured time estimates and stop; train: False to refuse
+    training (merging workers' results only: an error names the jobs still missing).
+    """
+
+    def __init__(self, out_dir: Path, base: dict, log=print, dry_run: bool = False, given: dict | None = None,
+                 seeds: tuple[int, ...] = (0,), worker: tuple[int, int] | None = None, train: bool = True):
+        if not seeds:
+            raise ValueError("a sweep needs at least one seed")
         self.out_dir, self.base, self.log, self.dry_run = out_dir, base, log, dry_run
         self.given = given or {}
+        self.seeds, self.worker, self.train = tuple(seeds), worker, train
+        self.noted: set[str] = set()
 
-    def run(self, runs: dict[str, dict]) -> dict[str, dict]:
-        if not self.dry_run:
-            return run_sweep(self.out_dir, self.base, runs, self.log, self.given)
+    def jobs(self, runs: dict[str, dict]) -> list[Job]:
+        jobs = []
+        for name, overrides in runs.items():
+            options = {**self.base}
+            for key, value in self.given.items():
+                if key in overrides and key not in BUDGET_OPTIONS and overrides[key] != value:
+                    self.note(f"note: this experiment sets {key} per run (e.g. {name}: {key}={overrides[key]}); "
+                              f"the given {key}={value} is the base of the runs that do not")
+                else:
+                    options[key] = value
+            options.update({k: v for k, v in overrides.items() if k not in self.given or k not in BUDGET_OPTIONS})
+            for seed in self.seeds:
+                # The seed sets data order, initialization and augmentation; the masks follow it too, so the
+                # spread over seeds includes the masks' draw while compared runs of one seed share theirs.
+                config = TrainConfig(**{**options, "seed": seed, "mask_seed": seed,
+                                        "run_dir": str(run_dir_of(self.out_dir, name, seed))})
+                jobs.append(Job(name, seed, config))
+        return jobs
+
+    def note(self, message: str) -> None:
+        if message not in self.noted:
+            self.noted.add(message)
+            self.log(message)
+
+    def run(self, runs: dict[str, dict]) -> dict[str, list[dict]]:
+        jobs = self.jobs(runs)
+        if self.dry_run:
+            self.show_plan(jobs)
+            raise PlanShown
+        if self.worker is not None:
+            self.train_share(jobs)
+            raise WorkerFinished
+        missing = [job for job in jobs if not finished(job)]
+        if missing and not self.train:
+            raise ValueError(f"{len(missing)} of {len(jobs)} runs are not finished (e.g. "
+                             f"{', '.join(job.label for job in missing[:4])}); run the workers first, or merge "
+                             f"without --no-train to train them here")
+        for index, job in enumerate(jobs, start=1):
+            if job in missing:
+                self.log(f"[{index}/{len(jobs)}] {job.label}: training")
+                train_job(job)
+            else:
+                self.log(f"[{index}/{len(jobs)}] {job.label}: done before, skipped")
+        results: dict[str, list[dict]] = {}
+        for job in jobs:
+            results.setdefault(job.name, []).append(load_result(job))
+        return results
+
+    def train_share(self, jobs: list[Job]) -> None:
+        index, count = self.worker
+        share = jobs[index::count]
+        self.log(f"worker {index + 1} of {count}: {len(share)} of {len(jobs)} runs")
+        for number, job in enumerate(share, start=1):
+            if finished(job):
+                self.log(f"[{number}/{len(share)}] {job.label}: done before, skipped")
+            else:
+                self.log(f"[{number}/{len(share)}] {job.label}: training")
+                train_job(job)
+        self.log(f"worker {index + 1} of {count}: done; when every worker has finished, run the same command "
+                 f"without --worker to merge the results")
+
+    def show_plan(self, jobs: list[Job]) -> None:
+        """Lists the jobs with a wall-time estimate each, from a few measured training and evaluation steps of
+        every distinct model on the chosen device."""
         from wtext.models import describe
         from wtext.train.model_builder import model_for
 
-        for name, overrides in runs.items():
-            config = TrainConfig(**{**self.base, **overrides, **self.given,
-                                    "run_dir": str(self.out_dir / "runs" / name)})
-            facts = describe(model_for(config, 10 if config.dataset != "imagenet32" else 1000))
-            changed = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "base options"
-            self.log(f"{name:<22} {changed:<48} {facts['stored']:>12,} params  {config.epochs} epochs on "
-                     f"{config.dataset}")
-        raise PlanShown
+        estimates: dict[str, dict] = {}
+        total, remaining = 0.0, 0.0
+        self.log(f"{len(jobs)} runs ({len(self.seeds)} seed(s) each); estimating from measured steps:")
+        for job in jobs:
+            key = estimate_key(job.config)
+            if key not in estimates:
+                estimates[key] = measure_run_cost(job.config)
+            cost = estimates[key]
+            done = finished(job)
+            total += cost["seconds"]
+            remaining += 0.0 if done else cost["seconds"]
+            facts = describe(model_for(job.config, cost["classes"]))
+            self.log(f"{job.label:<30} {facts['stored']:>10,} params  {job.config.epochs} epochs x "
+                     f"{cost['steps_per_epoch']} steps on {job.config.dataset}  ~{format_seconds(cost['seconds'])}"
+                     f"{'  (done)' if done else ''}")
+        self.log(f"estimated total {format_seconds(total)} on {estimates[next(iter(estimates))]['device']}; "
+                 f"still to run {format_seconds(remaining)} ({len(estimates)} distinct models measured)")
+
+
+def estimate_key(config: TrainConfig) -> str:
+    """Runs that differ only in seeds and run directory cost the same."""
+    options = dataclasses.asdict(config)
+    for name in ("seed", "mask_seed", "run_dir", "resume", "progress"):
+        options.pop(name)
+    return json.dumps(options, sort_keys=True)
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# Images in the training and test splits of the data sets read from files. A dry run times their steps on synthetic
+# images of the same shape (3x32x32), so it needs neither the files nor the time to read them.
+FILE_DATASET_SIZES = {"cifar10": (50_000, 10_000, 10), "imagenet32": (1_281_167, 50_000, 1000)}
+
+
+def measure_run_cost(config: TrainConfig, warmup: int = 2, timed: int = 3) -> dict:
+    """Estimated wall time of a run: a few training steps and evaluation batches of the real trainer timed on the
+    configured device, scaled to the run's steps per epoch, test batches and epochs."""
+    import torch
+
+    from wtext.train.loop import Trainer
+
+    measured = dataclasses.replace(config, progress=False)
+    if config.dataset in FILE_DATASET_SIZES:
+        images = config.batch_size * (warmup + timed)
+        measured = dataclasses.replace(measured, dataset="synthetic", data_dir=None, synthetic_train=images,
+                                       synthetic_test=images)
+    with tempfile.TemporaryDirectory() as scratch, contextlib.redirect_stdout(io.StringIO()):
+        trainer = Trainer(dataclasses.replace(measured, run_dir=str(Path(scratch) / "run")))
+        device = trainer.device
+
+        def synchronize():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+
+        batches = iter(trainer.train_loader.epoch(0))
+        steps = min(warmup + timed, len(trainer.train_loader))
+        durations = []
+        for _ in range(steps):
+            images, labels = next(batches)
+            synchronize()
+            start = time.perf_counter()
+            trainer.train_step(images, labels)
+            synchronize()
+            durations.append(time.perf_counter() - start)
+        step_seconds = min(durations[min(warmup, steps - 1):])
+        trainer.model.eval()
+        eval_durations = []
+        with torch.no_grad():
+            for number, (images, _) in enumerate(trainer.test_loader.epoch(0)):
+                if number >= warmup + timed:
+                    break
+                synchronize()
+                start = time.perf_counter()
+                with trainer.autocast:
+                    trainer.core(images)
+                synchronize()
+                eval_durations.append(time.perf_counter() - start)
+        eval_seconds = min(eval_durations[min(warmup, len(eval_durations) - 1):])
+        steps_per_epoch, test_batches = len(trainer.train_loader), len(trainer.test_loader)
+        classes = trainer.data.num_classes
+    if config.dataset in FILE_DATASET_SIZES:
+        train_images, test_images, classes = FILE_DATASET_SIZES[config.dataset]
+        steps_per_epoch, test_batches = train_images // config.batch_size, math.ceil(test_images / config.batch_size)
+    seconds = config.epochs * (steps_per_epoch * step_seconds + test_batches * eval_seconds)
+    return {"seconds": seconds, "step_seconds": step_seconds, "steps_per_epoch": steps_per_epoch,
+            "classes": classes, "device": str(device)}
+
+
+def parse_worker(text: str) -> tuple[int, int]:
+    """'I/N' (1-based I) or 'slurm' (this Slurm array task's place in its array) -> (0-based index, count)."""
+    import os
+
+    if text == "slurm":
+        try:
+            task = int(os.environ["SLURM_ARRAY_TASK_ID"])
+            first = int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+            count = int(os.environ["SLURM_ARRAY_TASK_COUNT"])
+        except (KeyError, ValueError):
+            raise ValueError("--worker slurm: SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT must be set (submit "
+                             "with sbatch --array=0-N)") from None
+        index = task - first
+    else:
+        parts = text.split("/")
+        if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
+            raise ValueError(f"--worker must be I/N (e.g. 2/4: the second of 4 workers) or slurm; got {text!r}")
+        index, count = int(parts[0]) - 1, int(parts[1])
+        if count < 1 or not 0 <= index < count:
+            raise ValueError(f"--worker I/N needs 1 <= I <= N; got {text!r}")
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"--worker slurm: task {index} is outside an array of {count} tasks")
+    return index, count
