@@ -26,6 +26,17 @@ HEADERS = {"quality": "| data |", "mask-overlap": "| overlap |"}
 RUNS_PER_ROW = {"quality": 1}
 
 
+def first_table(text: str) -> list[str]:
+    """The rows (header included) of the first markdown table in text."""
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("| "):
+            rows.append(line)
+        elif rows and not line.startswith("|"):
+            break
+    return rows
+
+
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
 def test_experiment_writes_tables_plot_and_raw_metrics(tmp_path, name, capsys):
     out = tmp_path / name
@@ -42,7 +53,7 @@ def test_experiment_writes_tables_plot_and_raw_metrics(tmp_path, name, capsys):
     for comparison in results["comparisons"]:
         assert len(comparison["differences"]) == 2 and comparison["low"] <= comparison["mean"] <= comparison["high"]
         assert comparison["verdict"] in ("supported", "contradicted", "inconclusive")
-    verdict_rows = [line for line in report.split("## Verdicts")[1].splitlines() if line.startswith("| ")]
+    verdict_rows = first_table(report.split("## Verdicts")[1])
     assert len(verdict_rows) == len(results["comparisons"]) + 1 and results["comparisons"]
     run_rows = [line for line in report.split("## Verdicts")[0].splitlines() if line.startswith("| ")
                 and not line.startswith(HEADERS.get(name, "| run |"))]

@@ -1,7 +1,7 @@
 // The mask function, shared by the CPU and CUDA kernels so the two cannot drift apart.
 //
 // A mask element is a pure function of (seed, layer, flat element index, pattern, pattern parameters).
-// The full specification, with its version number, is docs/masks.md; python_tests/mask_reference.py is a
+// The full specification, with its version number, is docs/masks.md; python_tests/pure_python_mask.py is a
 // pure-Python implementation of it that the tests compare against. Changing anything in this file changes
 // which weights every existing checkpoint keeps: bump kMaskSpecVersion and say so in docs/masks.md.
 #pragma once
@@ -16,7 +16,9 @@
 
 namespace wtext {
 
-constexpr int kMaskSpecVersion = 1;
+// 2: adds the overlap of a tied weight's masks, built on this function from Python (wtext/nn/mask_overlap.py);
+// version-1 masks are unchanged.
+constexpr int kMaskSpecVersion = 2;
 
 // Golden-ratio increment of SplitMix64.
 constexpr uint64_t kGamma = 0x9E3779B97F4A7C15ULL;

@@ -15,11 +15,14 @@ import torch
 
 from wtext.analysis import cka_matrix
 from wtext.data import DeviceLoader, load_dataset
+from wtext.nn.mask_overlap import consecutive_hamming
+from wtext.nn.tied_weight import TiedMaskedWeight
 from wtext.train.checkpoint import load_checkpoint
 from wtext.train.model_builder import model_for
 from wtext.train import TrainConfig
 
-from .statistics import COMPARISON_HEADER, Comparison, compare, comparison_row, mean_std
+from .statistics import (COMPARISON_HEADER, CORRELATION_HEADER, Comparison, compare, comparison_row, correlate,
+                         correlation_row, mean_std)
 from .sweep import Sweep, markdown_table
 
 SCALES = {
@@ -374,3 +377,59 @@ def quality_experiment(out_dir, scale, sweep):
     return (seeds_note(results) + note
             + markdown_table(["data", "model", "stored params", "final acc", "range"], rows)
             + "\n\n" + verdicts(comparisons))
+
+
+OVERLAPS = {"quick": [0.0, 0.5, 0.9, 1.0], "paper": [0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0]}
+
+
+def mask_hamming_of_run(result: dict) -> float:
+    """Measured mean fraction of weights whose mask differs between consecutive applications, over the run's tied
+    weights (masks regenerated from the run's config)."""
+    config = TrainConfig(**{**result["config"], "progress": False})
+    model = model_for(config, 10)
+    tied = [module for module in model.modules() if isinstance(module, TiedMaskedWeight)]
+    return statistics.mean(consecutive_hamming(module.application_masks()) for module in tied)
+
+
+@experiment("mask-overlap", "More diverse masks (less overlap between consecutive applications) lower the "
+                            "layer-wise CKA and raise accuracy.")
+def mask_overlap_experiment(out_dir, scale, sweep):
+    runs = {f"overlap-{overlap}": {"mask_mode": "multi", "pattern": "bernoulli", "mask_overlap": overlap}
+            for overlap in OVERLAPS[scale]}
+    results = sweep.run(runs)
+    points = []  # (hamming, cka, accuracy) per (run, seed)
+    per_run = {}
+    for name, seeds in results.items():
+        hamming = [mask_hamming_of_run(r) for r in seeds]
+        cka = [off_diagonal_mean(cka_of_run(r, sweep.log)[1]) for r in seeds]
+        accuracy = final_accuracies(results, name)
+        per_run[name] = {"hamming": hamming, "cka": cka, "accuracy": accuracy}
+        points += list(zip(hamming, cka, accuracy))
+    hamming_values, cka_values, accuracy_values = (list(column) for column in zip(*points))
+    correlations = [correlate("accuracy rises with mask Hamming distance", hamming_values, accuracy_values, +1),
+                    correlate("CKA falls with mask Hamming distance", hamming_values, cka_values, -1)]
+    lowest, highest = f"overlap-{min(OVERLAPS[scale])}", f"overlap-{max(OVERLAPS[scale])}"
+    comparisons = [compare(f"accuracy: {lowest} − {highest}", per_run[lowest]["accuracy"],
+                           per_run[highest]["accuracy"]),
+                   compare(f"CKA: {highest} − {lowest}", per_run[highest]["cka"], per_run[lowest]["cka"])]
+    save_raw(out_dir, results, comparisons, {"per_run": per_run,
+                                             "correlations": [c.as_dict() for c in correlations]})
+
+    def draw(axis):
+        for name, values in per_run.items():
+            axis.scatter(values["hamming"], values["accuracy"], label=name)
+        axis.set(xlabel="mask Hamming distance between consecutive applications", ylabel="final test accuracy",
+                 title="accuracy vs mask diversity")
+        axis.legend(fontsize=7)
+
+    plot(out_dir / "mask_overlap.png", draw)
+    rows = [[results[name][0]["config"]["mask_overlap"], spread(values["hamming"]), spread(values["cka"]),
+             spread(values["accuracy"])] for name, values in per_run.items()]
+    note = ("Overlap: the fraction of each application's mask carried over from the previous application's "
+            "(docs/masks.md); 0 is plain multi-mask, 1 the same mask everywhere. Hamming distance is measured on "
+            "the runs' masks; CKA is the mean off-diagonal minibatch linear CKA between applications on the test "
+            "set.\n\n")
+    correlation_table = markdown_table(CORRELATION_HEADER, [correlation_row(c) for c in correlations])
+    return (seeds_note(results) + note
+            + markdown_table(["overlap", "mask Hamming distance", "mean off-diagonal CKA", "final acc"], rows)
+            + "\n\n" + verdicts(comparisons) + "\n\nCorrelations over every (run, seed):\n\n" + correlation_table)

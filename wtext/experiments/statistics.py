@@ -101,3 +101,47 @@ def comparison_row(comparison: Comparison) -> list[str]:
 
 
 COMPARISON_HEADER = ["claim (A − B > 0)", "paired difference (mean ± std)", "95% CI", "seeds", "verdict"]
+
+
+@dataclass(frozen=True)
+class Correlation:
+    """Pearson's r between two per-run quantities over n points, its 95% interval (Fisher z; None below 4 points)
+    and the verdict on the claim that r has the `expected` sign (+1 or -1)."""
+
+    label: str
+    r: float
+    points: int
+    low: float | None
+    high: float | None
+    verdict: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def correlate(label: str, x: list[float], y: list[float], expected: int) -> Correlation:
+    """Pearson correlation of x and y, tested for the sign `expected` (+1: y grows with x, -1: y falls)."""
+    if len(x) != len(y) or len(x) < 2:
+        raise ValueError(f"{label}: a correlation needs two equally long lists of >= 2 values; got {len(x)} and "
+                         f"{len(y)}")
+    if expected not in (1, -1):
+        raise ValueError(f"expected must be +1 or -1; got {expected}")
+    try:
+        r = statistics.correlation(x, y)
+    except statistics.StatisticsError:  # a constant list: no correlation to speak of
+        return Correlation(label, math.nan, len(x), None, None, "inconclusive")
+    if len(x) < 4 or abs(r) == 1:
+        return Correlation(label, r, len(x), None, None, "inconclusive")
+    half_width = statistics.NormalDist().inv_cdf(0.975) / math.sqrt(len(x) - 3)
+    low, high = math.tanh(math.atanh(r) - half_width), math.tanh(math.atanh(r) + half_width)
+    signed_low, signed_high = sorted((expected * low, expected * high))
+    verdict = "supported" if signed_low > 0 else "contradicted" if signed_high < 0 else "inconclusive"
+    return Correlation(label, r, len(x), low, high, verdict)
+
+
+def correlation_row(correlation: Correlation) -> list[str]:
+    interval = "—" if correlation.low is None else f"[{correlation.low:+.3f}, {correlation.high:+.3f}]"
+    return [correlation.label, f"{correlation.r:+.3f}", interval, str(correlation.points), correlation.verdict]
+
+
+CORRELATION_HEADER = ["claim", "Pearson r", "95% CI (Fisher z)", "points", "verdict"]

@@ -10,13 +10,17 @@ from wtext.validation import check_density, check_nm
 class MaskSpec:
     """mode: "multi" (a distinct mask per application), "same" (one mask for all), "dense" (none);
     density in (0, 1] (unused by "nm"); pattern: "bernoulli" | "exact" | "nm"; nm: (N, M); seed: the base seed
-    (each tied weight of a model adds its own offset, so no two weights share a mask stream)."""
+    (each tied weight of a model adds its own offset, so no two weights share a mask stream); overlap in [0, 1]:
+    with mode "multi" and pattern "bernoulli", the fraction of each application's mask carried over from the
+    previous application's (wtext.nn.mask_overlap): 0 gives independent masks (plain multi-mask), 1 the same mask
+    everywhere."""
 
     mode: str = "multi"
     density: float = 0.5
     pattern: str = "bernoulli"
     nm: tuple[int, int] = DEFAULT_NM
     seed: int = 0
+    overlap: float = 0.0
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -27,6 +31,17 @@ class MaskSpec:
         n, m = self.nm
         check_nm(n, m)
         object.__setattr__(self, "nm", (int(n), int(m)))
+        if isinstance(self.overlap, bool) or not isinstance(self.overlap, (int, float)) or not 0 <= self.overlap <= 1:
+            raise ValueError(f"mask overlap must be a number in [0, 1]; got overlap={self.overlap!r}")
+        if self.overlap > 0 and (self.mode != "multi" or self.pattern != "bernoulli"):
+            # An element-wise carry keeps each weight with probability p only for independent (bernoulli) draws; it
+            # would break an exact count or an N:M group.
+            raise ValueError(f"mask overlap > 0 needs mode 'multi' and pattern 'bernoulli'; got mode={self.mode!r}, "
+                             f"pattern={self.pattern!r}")
+
+    @property
+    def overlapping(self) -> bool:
+        return self.overlap > 0
 
     @property
     def masked(self) -> bool:
