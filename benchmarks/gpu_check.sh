@@ -3,10 +3,11 @@
 #     bash benchmarks/gpu_check.sh            # everything (about 6-7 minutes on an H100)
 #     SKIP_BUILD=1 bash benchmarks/gpu_check.sh   # reuse a wtext/_C*.so already built on this machine
 #     STAGES="kernel_tests bench_deq" bash benchmarks/gpu_check.sh   # the build, then only the stages named
-#       (kernel_tests bench_ops bench_deq bench_deq_bf16 other_tests bench_loader train cmake_bench sanitizer;
-#        default all)
+#       (kernel_tests bench_ops bench_deq bench_deq_bf16 bench_deq_check other_tests bench_loader train cmake_bench
+#        sanitizer; default all)
 # It builds wtext against the machine's torch, runs the CUDA tests (they run here, and only here),
-# the op benchmarks (workload A), the DEQ benchmark (workload B), the loader benchmark, a short training run and
+# the op benchmarks (workload A), the DEQ benchmark (workload B), the DEQ early-end benchmark (which
+# --deq-check-every to use), the loader benchmark, a short training run and
 # the C++ benchmark, compute-sanitizer (memcheck, racecheck) over the kernels' CUDA tests, and ends with a short
 # summary.
 # Output goes to $OUT (the device tool's output folder) or ./gpu_check_out: the whole log, gpu_check.log, and the
@@ -29,7 +30,8 @@ PYTHON="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # wtext is built in place, not installed
 declare -a SUMMARY=()
 STAGES="${STAGES:-all}"
-KNOWN_STAGES="kernel_tests bench_ops bench_deq bench_deq_bf16 other_tests bench_loader train cmake_bench sanitizer"
+KNOWN_STAGES="kernel_tests bench_ops bench_deq bench_deq_bf16 bench_deq_check other_tests bench_loader train"
+KNOWN_STAGES+=" cmake_bench sanitizer"
 for stage in $STAGES; do  # a misspelt stage would select nothing and pass: refuse it
   [ "$stage" = all ] || [[ " $KNOWN_STAGES " == *" $stage "* ]] || {
     echo "gpu_check.sh: unknown stage '$stage' in STAGES; known: $KNOWN_STAGES" >&2; exit 2; }
@@ -98,6 +100,9 @@ want cmake_bench && { wait "$CMAKE_PID"; CMAKE_STATUS=$?; }
 want bench_ops && step bench_ops 120 "$PYTHON" benchmarks/bench_ops.py --device cuda --profile
 want bench_deq && step bench_deq 100 "$PYTHON" benchmarks/bench_deq.py --device cuda --profile
 want bench_deq_bf16 && step bench_deq_bf16 60 "$PYTHON" benchmarks/bench_deq.py --device cuda --bf16
+# The DEQ twin's training step with a convergence test every K solver iterations (K = 0, 1, 2, 4, 8), bf16 as
+# training runs on CUDA: whether the host reads cost more than the iterations they save (--deq-check-every).
+want bench_deq_check && step bench_deq_check 120 "$PYTHON" benchmarks/bench_deq_check.py --device cuda --bf16
 want other_tests && step other_tests 200 "${PYTEST[@]}" python_tests "${KERNEL_TESTS[@]/#/--ignore=}"
 want bench_loader && step bench_loader 40 "$PYTHON" benchmarks/bench_loader.py --device cuda
 want train && step train 60 "$PYTHON" -m wtext.train --no-progress --epochs 2 --run-dir /tmp/wtext_gpu_run
@@ -138,6 +143,7 @@ fi
   grep -h -A3 -E "^host cost" "$LOG"
   grep -h -A3 -E "^workload B" "$LOG"
   grep -h -E "^host reads|^cell alone" "$LOG"
+  grep -h -A7 -E "^(the variant.s|looser) tolerances" "$LOG"
   grep -h -A2 -E "^crop" "$LOG"
   grep -h -E "^epoch [0-9]+:" "$LOG"
   grep -h -E "========= (ERROR SUMMARY|RACECHECK SUMMARY)" "$LOG"

@@ -104,3 +104,38 @@ def print_profile(title: str, step, device: torch.device, rows: int = 18) -> Non
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(f"\nprofile of {title}:")
     print(profile.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=60))
+
+
+def interleaved_round_ms(cases: dict, device: torch.device, warmup: int = 5, repeats: int = 10,
+                         rounds: int = 7) -> dict[str, list[float]]:
+    """Per-call time of each case (name -> fn) in milliseconds in every round, on CPU and CUDA alike: every case
+    is warmed up, then each round runs every case `repeats` times back to back, in turn, so a drift of clocks or
+    load over the measurement reaches all cases alike."""
+    for fn in cases.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(repeats):
+                    fn()
+                end.record()
+                end.synchronize()
+                times[name].append(start.elapsed_time(end) / repeats)
+            else:
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    fn()
+                times[name].append((time.perf_counter() - start) * 1e3 / repeats)
+    return times
+
+
+def interleaved_median_ms(cases: dict, device: torch.device, warmup: int = 5, repeats: int = 10,
+                          rounds: int = 7) -> dict[str, float]:
+    """The median over rounds of interleaved_round_ms."""
+    times = interleaved_round_ms(cases, device, warmup, repeats, rounds)
+    return {name: statistics.median(values) for name, values in times.items()}

@@ -22,7 +22,8 @@ def check_anderson_options(m: int, lam: float, beta: float) -> None:
 
 @register_solver("anderson")
 def anderson(f, z0: torch.Tensor, *, max_iter: int, tol: float, stop_mode: str = "rel", record_steps=(),
-             divergence_ratio: float = 1e3, m: int = 5, lam: float = 1e-4, beta: float = 1.0):
+             divergence_ratio: float = 1e3, check_every: int = 0, m: int = 5, lam: float = 1e-4,
+             beta: float = 1.0):
     """Anderson acceleration with window m, Tikhonov regularization lam (relative to the residual scale) and
     damping beta. z0: [B, ...]; the solve runs in float32 (float64 if z0 is float64).
 
@@ -32,10 +33,12 @@ def anderson(f, z0: torch.Tensor, *, max_iter: int, tol: float, stop_mode: str =
     Each iteration is one call of f and one anderson_tracked_step: the Gram update, the convergence tracking of
     ConvergenceTracker (residuals, stop masks, lowest-residual iterate, statistics) and the mix run in that op's
     kernels, with the residual norms taken from data the Gram update reads anyway.
+    check_every=k >= 1 ends the loop early when a test every k iterations finds every sample stopped (one host
+    read per test; see ConvergenceTracker.all_stopped); 0 runs the whole budget without a host read.
     Returns (lowest-residual iterate per sample, SolverStats).
     """
     check_anderson_options(m, lam, beta)
-    tracker = ConvergenceTracker(z0, max_iter, tol, stop_mode, divergence_ratio, record_steps)
+    tracker = ConvergenceTracker(z0, max_iter, tol, stop_mode, divergence_ratio, record_steps, check_every)
     batch = z0.shape[0]
     solve_dtype = torch.float64 if z0.dtype == torch.float64 else torch.float32
     # Ring buffers of residuals f(z) - z and images f(z). Left uninitialized: the op reads only slots it has written
@@ -63,6 +66,10 @@ def anderson(f, z0: torch.Tensor, *, max_iter: int, tol: float, stop_mode: str =
         )
         x_previous = x
         z = layout.unflatten(z_next).to(z0.dtype)
+        if tracker.all_stopped(step, z):
+            # A full-budget solve would next copy x_previous into best where best_pending is set (a stopped
+            # sample does not improve); resolving the mark below from the same x_previous gives the same best.
+            break
     best = torch.where(best_pending[:, None], x_previous, best)  # the last iterate where it is still the best
     tracker.best = layout.unflatten(best).to(z0.dtype)
-    return tracker.finish()
+    return tracker.finish(step + 1)

@@ -22,12 +22,14 @@ def _apply(u, v, x, transpose=False):
 
 @register_solver("broyden")
 def broyden(f, z0: torch.Tensor, *, max_iter: int, tol: float, stop_mode: str = "rel", record_steps=(),
-            divergence_ratio: float = 1e3, memory: int = 30):
-    """Limited-memory Broyden with `memory` secant pairs. z0: [B, ...].
+            divergence_ratio: float = 1e3, check_every: int = 0, memory: int = 30):
+    """Limited-memory Broyden with `memory` secant pairs. z0: [B, ...]. check_every=k >= 1 ends the loop early when
+    a test every k iterations finds every sample stopped (one host read per test; see
+    ConvergenceTracker.all_stopped); 0 runs the whole budget without a host read.
     Returns (lowest-residual iterate per sample, SolverStats)."""
     if not isinstance(memory, int) or memory < 1:
         raise ValueError(f"broyden memory must be an int >= 1; got memory={memory!r}")
-    tracker = ConvergenceTracker(z0, max_iter, tol, stop_mode, divergence_ratio, record_steps)
+    tracker = ConvergenceTracker(z0, max_iter, tol, stop_mode, divergence_ratio, record_steps, check_every)
     batch = z0.shape[0]
     fz0 = f(z0)
     layout = SampleFlattener(fz0)  # iterates take the layout the cell produces
@@ -39,8 +41,11 @@ def broyden(f, z0: torch.Tensor, *, max_iter: int, tol: float, stop_mode: str = 
     fz = layout.flatten(fz0).to(dtype)
     g = fz - z
     for step in range(max_iter):
-        tracker.update(step, layout.unflatten(z).to(z0.dtype), layout.unflatten(fz).to(z0.dtype))
-        if step == max_iter - 1:
+        z_state = layout.unflatten(z).to(z0.dtype)
+        tracker.update(step, z_state, layout.unflatten(fz).to(z0.dtype))
+        # Tested before the next f call: stopped samples keep z (keep_finished below), so z is what every later
+        # iteration of a full-budget solve would track and record.
+        if step == max_iter - 1 or tracker.all_stopped(step, z_state):
             break
         direction = -_apply(u, v, g)
         z_new = tracker.keep_finished(z, z + direction)
@@ -62,4 +67,4 @@ def broyden(f, z0: torch.Tensor, *, max_iter: int, tol: float, stop_mode: str = 
         u[:, slot] = torch.where(usable, (s - h_y) / safe, torch.zeros_like(s))
         v[:, slot] = torch.where(usable, h_t_s, torch.zeros_like(s))
         z, fz, g = z_new, fz_new, g_new
-    return tracker.finish()
+    return tracker.finish(step + 1)

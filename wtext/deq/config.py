@@ -6,7 +6,7 @@ from wtext.validation import require_ints
 
 from .anderson import check_anderson_options
 from .registry import get_solver
-from .tracking import STOP_MODES
+from .tracking import STOP_MODES, check_check_every
 
 BACKWARD_MODES = ("implicit", "phantom", "one_step")
 
@@ -20,6 +20,9 @@ class DEQConfig:
                     "phantom" (phantom_steps unrolled damped steps z <- (1-tau) z + tau f(z) from the fixed point),
                     "one_step" (the Jacobian-free gradient: one undamped step)
     Solver knobs:   anderson_m, anderson_lam, anderson_beta; broyden_memory; divergence_ratio
+    Early end:      f_check_every / b_check_every: 0 (default) runs every solve's whole budget with no host read
+                    (CUDA-graph capturable); k >= 1 tests every k iterations, with one host read, whether every
+                    sample stopped, and ends the forward / adjoint solve then (same result, fewer iterations)
     Regularizers:   jac_reg_weight (Hutchinson estimate of ||df/dz||_F^2 at the fixed point, jac_reg_vectors probes),
                     correction_points (iterates of the forward solve returned with a phantom gradient, for the
                     fixed-point correction loss)
@@ -29,10 +32,12 @@ class DEQConfig:
     f_max_iter: int = 18
     f_tol: float = 1e-3
     f_stop_mode: str = "rel"
+    f_check_every: int = 0
     b_solver: str = "anderson"
     b_max_iter: int = 20
     b_tol: float = 1e-6
     b_stop_mode: str = "rel"
+    b_check_every: int = 0
     backward: str = "implicit"
     phantom_steps: int = 5
     phantom_tau: float = 0.6
@@ -55,7 +60,9 @@ class DEQConfig:
             if not tol > 0:
                 raise ValueError(f"{prefix}_tol must be > 0; got {prefix}_tol={tol!r}")
             if stop_mode not in STOP_MODES:
-                raise ValueError(f"{prefix}_stop_mode must be one of {STOP_MODES}; got {prefix}_stop_mode={stop_mode!r}")
+                raise ValueError(f"{prefix}_stop_mode must be one of {STOP_MODES}; "
+                                 f"got {prefix}_stop_mode={stop_mode!r}")
+            check_check_every(getattr(self, f"{prefix}_check_every"), f"{prefix}_check_every")
         require_ints(self, ("phantom_steps", "broyden_memory", "jac_reg_vectors"))
         require_ints(self, ("correction_points",), minimum=0)
         if self.backward not in BACKWARD_MODES:

@@ -60,14 +60,14 @@ class DEQ(nn.Module):
         with torch.no_grad():
             z_star, stats = get_solver(config.f_solver)(
                 f, z0.detach(), max_iter=config.f_max_iter, tol=config.f_tol, stop_mode=config.f_stop_mode,
-                record_steps=record_steps, **config.solver_options(config.f_solver),
+                record_steps=record_steps, check_every=config.f_check_every, **config.solver_options(config.f_solver),
             )
         backward_stats: list[SolverStats] = []
         if not torch.is_grad_enabled():
             z = z_star
         elif config.backward == "implicit":
             options = dict(max_iter=config.b_max_iter, tol=config.b_tol, stop_mode=config.b_stop_mode,
-                           **config.solver_options(config.b_solver))
+                           check_every=config.b_check_every, **config.solver_options(config.b_solver))
             z = gradients.implicit(f, z_star, config.b_solver, options, backward_stats)
         elif config.backward == "phantom":
             z = gradients.phantom(f, z_star, config.phantom_steps, config.phantom_tau)

@@ -23,7 +23,7 @@ from wtext.train import TrainConfig
 
 from .statistics import (COMPARISON_HEADER, CORRELATION_HEADER, Comparison, compare, comparison_row, correlate,
                          correlation_row, mean_std)
-from .sweep import Sweep, markdown_table
+from .sweep import Sweep, markdown_table, run_dir_of
 
 SCALES = {
     "quick": dict(dataset="synthetic", synthetic_train=3072, synthetic_test=1024, epochs=4, batch_size=32, lr=3e-3,
@@ -226,7 +226,9 @@ def width_depth_experiment(out_dir, scale, sweep):
 DEQ_RUNS = ("implicit", "phantom", "one_step", "implicit_jr")
 DEQ_SPEEDUP = 3.0  # the paper: weight-tied models train over 3x faster than DEQs
 # The DEQ runs test convergence every few solver iterations and stop once every sample converged, so their time is
-# not inflated by iterations after convergence (benchmarks/NOTES.md has the measurement behind the choice).
+# not inflated by iterations after convergence. On a CPU a test costs ~1 us against ~6 ms per iteration (any k is
+# free); on a GPU each test is a synchronization, and every second iteration halves them at the price of at most
+# one iteration per solve (benchmarks/NOTES.md, "DEQ early end").
 DEQ_CHECK_EVERY = 2
 
 
@@ -272,9 +274,10 @@ def deq_experiment(out_dir, scale, sweep):
         axis.set(xlabel="training time per epoch (s)", ylabel="final test accuracy", title="weight-tied vs DEQ")
 
     plot(out_dir / "deq.png", draw)
-    note = (f"DEQ solves test convergence every {DEQ_CHECK_EVERY} iterations and stop once every sample converged "
-            f"(--deq-check-every); solver steps are the mean iterations actually run per solve, forward and in the "
-            f"implicit backward (NaN where a variant has no adjoint solve).\n\n")
+    note = (f"DEQ solves test convergence every {DEQ_CHECK_EVERY} iterations and end once every sample stopped "
+            f"(--deq-check-every), so no run pays for iterations after convergence. Solver steps: the mean over "
+            f"samples of the iterations each sample took until it converged, diverged or hit the budget, in the "
+            f"forward solve and in the implicit backward's adjoint solve (NaN where a variant has none).\n\n")
     return (seeds_note(results) + note
             + markdown_table(["run", "final acc", "train s / epoch", "inference s (test set)", "solver steps fwd",
                               "solver steps bwd", "train time vs weight-tied"], rows)
@@ -433,3 +436,63 @@ def mask_overlap_experiment(out_dir, scale, sweep):
     return (seeds_note(results) + note
             + markdown_table(["overlap", "mask Hamming distance", "mean off-diagonal CKA", "final acc"], rows)
             + "\n\n" + verdicts(comparisons) + "\n\nCorrelations over every (run, seed):\n\n" + correlation_table)
+
+
+# LoRA transfer: the rank r of the LoRA arms and the masked copies d of the multi-mask ones, per scale.
+LORA_SHAPE = {"quick": (4, 2), "paper": (8, 2)}
+LORA_DENSITY = 0.5
+# The transfer target at both scales: digits has 10 classes like the synthetic set and CIFAR-10 (the head is
+# carried over and trained); from ImageNet32's 1000 classes the head starts fresh (--init-from keeps a head of
+# another shape freshly initialized).
+LORA_TARGET = "digits"
+HEAD_MODULE = "head"  # the classifier head of wtext's models (nn.Linear)
+
+
+def lora_arms(rank: int, copies: int, init_from) -> dict[str, dict]:
+    """The transfer arms: options of each run; init_from is a function of the seed (the pretraining run's)."""
+    transfer = {"dataset": LORA_TARGET, "init_from": init_from}
+    arms = {"head-only": {**transfer, "train_only": HEAD_MODULE}, "full": dict(transfer)}
+    lora = {f"lora-r{rank}": f"r={rank},copies=1,density=1",
+            f"lora-r{copies * rank}": f"r={copies * rank},copies=1,density=1",
+            f"same-{copies}x-r{rank}": f"r={rank},copies={copies},density={LORA_DENSITY},mode=same",
+            f"multi-{copies}x-r{rank}": f"r={rank},copies={copies},density={LORA_DENSITY},mode=multi"}
+    arms.update({name: {**transfer, "lora": text, "train_only": HEAD_MODULE} for name, text in lora.items()})
+    return arms
+
+
+@experiment("lora", "Multi-mask LoRA transfers better than same-mask and single LoRA at equal trainable parameters.")
+def lora_experiment(out_dir, scale, sweep):
+    rank, copies = LORA_SHAPE[scale]
+
+    def pretrained(seed: int) -> str:  # each seed's transfer runs start from the pretraining run of that seed
+        return str(run_dir_of(out_dir, "pretrain", seed) / "checkpoint.pt")
+
+    arms = lora_arms(rank, copies, pretrained)
+    results = sweep.run_stages([{"pretrain": {}}, arms])
+    rows = [[name, r[0]["config"]["dataset"], r[0]["summary"]["trainable_parameters"],
+             r[0]["summary"]["parameters"], spread(final_accuracies(results, name))] for name, r in results.items()]
+    multi, same = f"multi-{copies}x-r{rank}", f"same-{copies}x-r{rank}"
+    comparisons = [compare(f"{multi} − {other}", final_accuracies(results, multi), final_accuracies(results, other))
+                   for other in (same, f"lora-r{rank}", "head-only")]
+    comparisons.append(compare(f"informative: full − {multi}", final_accuracies(results, "full"),
+                               final_accuracies(results, multi)))
+    save_raw(out_dir, results, comparisons)
+
+    def draw(axis):
+        names = list(arms)
+        draw_bars(axis, names, [final_accuracies(results, n) for n in names],
+                  ["#999", "#333", "#69c", "#369", "#9c6", "#c63"])
+        axis.set(ylabel=f"final test accuracy on {LORA_TARGET}", title="transfer: LoRA arms and baselines")
+
+    plot(out_dir / "lora.png", draw)
+    source = results["pretrain"][0]["config"]["dataset"]
+    note = (f"Every seed pretrains one model on {source} (run pretrain) and transfers it to {LORA_TARGET} in each "
+            f"arm, starting from that seed's pretrained weights (--init-from): head-only trains the classifier head "
+            f"alone, full every weight; the LoRA arms (docs/lora.md) freeze the base, train adapters on the tied "
+            f"weights and the head: lora-r{rank} and lora-r{copies * rank} plain LoRA of rank {rank} and "
+            f"{copies * rank}, {same} and {multi} {copies} masked copies (density {LORA_DENSITY}) of one rank-{rank} "
+            f"pair, under one mask (rank <= {rank}) or {copies} masks (rank up to {copies * rank}), at the trainable "
+            f"parameters of lora-r{rank}. Adapter masks follow the seed.\n\n")
+    return (seeds_note(results) + note
+            + markdown_table(["run", "data", "trainable params", "params", "final acc"], rows)
+            + "\n\n" + verdicts(comparisons))

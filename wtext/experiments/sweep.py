@@ -4,6 +4,10 @@ Every (run, seed) trains into OUT/runs/RUN/seed-S. A finished one (summary.json,
 interrupted one resumes from its checkpoint, so a sweep stopped anywhere continues where it stopped. Compared runs
 share their seed: the same data order, initialization and mask seed (paired runs). Workers (worker=(i, n)) each
 train the i-th of every n jobs and stop; the same command without a worker then merges the results.
+
+An option of a run may be a function of the seed (`{"init_from": lambda seed: ...}`): it is called once per seed,
+e.g. to start each seed's transfer run from the pretraining run of the same seed. Runs that need other runs'
+results are a later stage (Sweep.run_stages).
 """
 
 import contextlib
@@ -132,7 +136,8 @@ class Sweep:
             for seed in self.seeds:
                 # The seed sets data order, initialization and augmentation; the masks follow it too, so the
                 # spread over seeds includes the masks' draw while compared runs of one seed share theirs.
-                config = TrainConfig(**{**options, "seed": seed, "mask_seed": seed,
+                resolved = {k: v(seed) if callable(v) else v for k, v in options.items()}  # per-seed options
+                config = TrainConfig(**{**resolved, "seed": seed, "mask_seed": seed,
                                         "run_dir": str(run_dir_of(self.out_dir, name, seed))})
                 jobs.append(Job(name, seed, config))
         return jobs
@@ -143,13 +148,33 @@ class Sweep:
             self.log(message)
 
     def run(self, runs: dict[str, dict]) -> dict[str, list[dict]]:
-        jobs = self.jobs(runs)
+        return self.run_stages([runs])
+
+    def run_stages(self, stages: list[dict[str, dict]]) -> dict[str, list[dict]]:
+        """Trains stage after stage (each a `runs` dict of run()), for runs that start from earlier stages' runs
+        (--init-from their checkpoints), and returns every stage's results in one dict. A dry run lists the jobs of
+        every stage; a worker trains its share of the first stage not finished yet and stops, so the workers are
+        started once per stage (each round after the previous one has finished)."""
+        job_lists = [self.jobs(runs) for runs in stages]
         if self.dry_run:
-            self.show_plan(jobs)
+            self.show_plan([job for jobs in job_lists for job in jobs])
             raise PlanShown
-        if self.worker is not None:
-            self.train_share(jobs)
-            raise WorkerFinished
+        results: dict[str, list[dict]] = {}
+        for number, jobs in enumerate(job_lists, start=1):
+            if self.worker is not None:
+                if number < len(job_lists) and all(finished(job) for job in jobs):
+                    self.log(f"stage {number} of {len(job_lists)}: every run finished")
+                    results.update(self.results_of(jobs))
+                    continue
+                self.train_share(jobs)
+                if number < len(job_lists):
+                    self.log(f"stage {number} of {len(job_lists)}: when every worker has finished it, start the "
+                             f"workers again for the next stage")
+                raise WorkerFinished
+            results.update(self.train_jobs(jobs))
+        return results
+
+    def train_jobs(self, jobs: list[Job]) -> dict[str, list[dict]]:
         missing = [job for job in jobs if not finished(job)]
         if missing and not self.train:
             raise ValueError(f"{len(missing)} of {len(jobs)} runs are not finished (e.g. "
@@ -161,6 +186,10 @@ class Sweep:
                 train_job(job)
             else:
                 self.log(f"[{index}/{len(jobs)}] {job.label}: done before, skipped")
+        return self.results_of(jobs)
+
+    @staticmethod
+    def results_of(jobs: list[Job]) -> dict[str, list[dict]]:
         results: dict[str, list[dict]] = {}
         for job in jobs:
             results.setdefault(job.name, []).append(load_result(job))
@@ -183,7 +212,7 @@ class Sweep:
         """Lists the jobs with a wall-time estimate each, from a few measured training and evaluation steps of
         every distinct model on the chosen device."""
         from wtext.models import describe
-        from wtext.train.model_builder import model_for
+        from wtext.train.model_builder import adapt_for_training, model_for
 
         estimates: dict[str, dict] = {}
         total, remaining = 0.0, 0.0
@@ -196,8 +225,12 @@ class Sweep:
             done = finished(job)
             total += cost["seconds"]
             remaining += 0.0 if done else cost["seconds"]
-            facts = describe(model_for(job.config, cost["classes"]))
-            self.log(f"{job.label:<30} {facts['stored']:>10,} params  {job.config.epochs} epochs x "
+            model = model_for(job.config, cost["classes"])
+            adapt_for_training(model, job.config)  # LoRA adapters count; frozen weights are noted
+            facts = describe(model)
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            frozen = f" ({trainable:,} trainable)" if trainable < facts["stored"] else ""
+            self.log(f"{job.label:<30} {facts['stored']:>10,} params{frozen}  {job.config.epochs} epochs x "
                      f"{cost['steps_per_epoch']} steps on {job.config.dataset}  ~{format_seconds(cost['seconds'])}"
                      f"{'  (done)' if done else ''}")
         self.log(f"estimated total {format_seconds(total)} on {estimates[next(iter(estimates))]['device']}; "
@@ -207,7 +240,7 @@ class Sweep:
 def estimate_key(config: TrainConfig) -> str:
     """Runs that differ only in seeds and run directory cost the same."""
     options = dataclasses.asdict(config)
-    for name in ("seed", "mask_seed", "run_dir", "resume", "progress"):
+    for name in ("seed", "mask_seed", "run_dir", "resume", "progress", "init_from"):
         options.pop(name)
     return json.dumps(options, sort_keys=True)
 
@@ -232,7 +265,8 @@ def measure_run_cost(config: TrainConfig, warmup: int = 2, timed: int = 3) -> di
 
     from wtext.train.loop import Trainer
 
-    measured = dataclasses.replace(config, progress=False)
+    # Starting weights do not change the cost (and a later stage's are not trained yet when its plan is shown).
+    measured = dataclasses.replace(config, progress=False, init_from=None)
     if config.dataset in FILE_DATASET_SIZES:
         images = config.batch_size * (warmup + timed)
         measured = dataclasses.replace(measured, dataset="synthetic", data_dir=None, synthetic_train=images,

@@ -7,6 +7,7 @@ from torch import nn
 
 from wtext import ops
 
+from .mask_overlap import carry_layers, chain_masks
 from .mask_reference import torch_mask
 from .mask_spec import MaskSpec
 
@@ -19,6 +20,8 @@ class TiedMaskedWeight(nn.Module):
     tuple, and `view(views, l)` picks the weight for application l. The state_dict holds the weight only: masks are
     regenerated from the spec and seed.
     With `use_reference = True` the masks come from the plain-PyTorch mask function instead of the op (same math).
+    An adapter attached as the child module `lora` (wtext.lora.inject) updates the shared weight before the masks:
+    every application then masks W' = W + ΔW (see shared_weight), so an adapted model stays tied.
     """
 
     def __init__(self, shape, applications: int, spec: MaskSpec, seed_offset: int):
@@ -39,16 +42,23 @@ class TiedMaskedWeight(nn.Module):
     def views(self) -> int:
         return self.applications if self.spec.mode == "multi" else 1
 
+    def shared_weight(self) -> torch.Tensor:
+        """The weight every application masks, of `shape`: the stored W, or W + ΔW while an adapter is attached as
+        `self.lora` and not merged into W (its adapt_weight(W) returns W' = W + ΔW, or W itself once merged)."""
+        adapter = self._modules.get("lora")
+        return self.weight if adapter is None else adapter.adapt_weight(self.weight)
+
     def forward(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         spec = self.spec
+        weight = self.shared_weight()
         if not spec.masked:
-            weight = self.weight if dtype is None else self.weight.to(dtype)
+            weight = weight if dtype is None else weight.to(dtype)
             return weight.unsqueeze(0)
-        if self.use_reference:
-            masks = torch.stack([self.mask(spec.mask_layer(v)) for v in range(self.views)])
-            stacked = self.weight.unsqueeze(0) * masks
+        if self.use_reference or spec.overlapping:
+            # Overlapping masks are chained from two op calls (fresh masks and carry coins), then applied here.
+            stacked = weight.unsqueeze(0) * self.application_masks(reference=self.use_reference)
             return stacked if dtype is None else stacked.to(dtype)
-        return ops.tied_masked_weights(self.weight, self.views, self.seed, spec.density, spec.pattern, spec.mode,
+        return ops.tied_masked_weights(weight, self.views, self.seed, spec.density, spec.pattern, spec.mode,
                                        dtype, nm=spec.nm)
 
     def split(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, ...]:
@@ -68,18 +78,41 @@ class TiedMaskedWeight(nn.Module):
         return torch_mask(self.weight.shape, self.seed, layer, self.spec.density, self.spec.pattern, self.spec.nm,
                           device=self.weight.device, dtype=self.weight.dtype)
 
+    def application_masks(self, reference: bool = False) -> torch.Tensor:
+        """The 0/1 masks the applications use, [views, *shape] in the weight's dtype: from the op, or with
+        reference=True from the plain-PyTorch mask function (same values)."""
+        spec = self.spec
+        if not spec.masked:
+            return torch.ones_like(self.weight).unsqueeze(0)
+        with torch.no_grad():
+            ones = torch.ones_like(self.weight)
+            if reference:
+                fresh = torch.stack([self.mask(spec.mask_layer(v)) for v in range(self.views)])
+            else:
+                fresh = ops.tied_masked_weights(ones, self.views, self.seed, spec.density, spec.pattern, spec.mode,
+                                                nm=spec.nm)
+            if not spec.overlapping:
+                return fresh
+            layers = carry_layers(self.views)
+            if reference:
+                carry = torch.stack([torch_mask(self.weight.shape, self.seed, layer, spec.overlap, "bernoulli",
+                                                device=self.weight.device, dtype=self.weight.dtype)
+                                     for layer in layers])
+            else:
+                carry = ops.tied_masked_weights(ones, layers, self.seed, spec.overlap, "bernoulli", "multi")
+            return chain_masks(fresh, carry)
+
     def kept_per_application(self) -> float:
         """Unmasked weights per application, averaged over the applications."""
         if not self.spec.masked:
             return float(self.weight.numel())
-        with torch.no_grad():
-            kept = [self.mask(self.spec.mask_layer(a)).sum().item() for a in range(self.applications)]
-        return sum(kept) / len(kept)
+        return self.application_masks(reference=True).flatten(1).sum(1).mean().item()
 
     def extra_repr(self) -> str:
         s = self.spec
         return (f"shape={tuple(self.weight.shape)}, applications={self.applications}, mode={s.mode}, "
-                f"density={s.density}, pattern={s.pattern}, seed={self.seed}")
+                f"density={s.density}, pattern={s.pattern}, seed={self.seed}"
+                + (f", overlap={s.overlap}" if s.overlapping else ""))
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
