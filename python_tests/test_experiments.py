@@ -21,7 +21,7 @@ SMALL = ["--epochs", "1", "--train-images", "128", "--test-images", "64", "--dev
 TINY_BASE = dict(dataset="synthetic", synthetic_train=128, synthetic_test=64, epochs=1, batch_size=32, lr=3e-3,
                  model="resnet-tiny", width=8, depth=2, progress=False, device="cpu")
 PLOTS = {"masks": "masks.png", "density": "density.png", "width-depth": "width_depth.png", "deq": "deq.png",
-         "cka": "cka.png", "quality": "quality.png", "mask-overlap": "mask_overlap.png"}
+         "cka": "cka.png", "quality": "quality.png", "mask-overlap": "mask_overlap.png", "lora": "lora.png"}
 HEADERS = {"quality": "| data |", "mask-overlap": "| overlap |"}
 RUNS_PER_ROW = {"quality": 1}
 

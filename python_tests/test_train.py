@@ -88,6 +88,75 @@ def test_deq_twin_trains_and_logs_solver_statistics(tmp_path):
     run(tiny_config(tmp_path, deq="phantom", epochs=1))
     record = read_records(tmp_path / "run")[0]
     assert record["solver_steps"] >= 1 and record["solver_residual"] >= 0
+    assert "backward_solver_steps" not in record  # the phantom gradient has no adjoint solve
+
+
+def test_deq_check_every_ends_solves_early_with_the_same_training(tmp_path, monkeypatch):
+    """--deq-check-every 2 reaches both the forward and the adjoint solves (their steps land in the metrics, within
+    the implicit variant's budgets of 18 and 20) and changes nothing but the time: same weights, same metrics.
+    The tolerances are loosened so that this tiny model's solves do end early (at the variant's own, 1e-3 and
+    1e-6, its solves run the whole budget at the start of training)."""
+    import dataclasses
+
+    from wtext.deq.tracking import ConvergenceTracker
+    from wtext.models import presets
+
+    loose = dataclasses.replace(presets.DEQ_VARIANTS["implicit"], f_tol=0.1, b_tol=0.2)
+    monkeypatch.setitem(presets.DEQ_VARIANTS, "implicit", loose)
+    ended = []  # max_iter of each solve that ended early
+    all_stopped = ConvergenceTracker.all_stopped
+
+    def counted(self, step, z):
+        stopped = all_stopped(self, step, z)
+        if stopped:
+            ended.append(self.max_iter)
+        return stopped
+
+    monkeypatch.setattr(ConvergenceTracker, "all_stopped", counted)
+    run(tiny_config(tmp_path, "early", deq="implicit", deq_check_every=2, epochs=1))
+    assert {18, 20} <= set(ended)  # forward (budget 18) and adjoint (budget 20) solves both ended early
+    ended.clear()
+    run(tiny_config(tmp_path, "full", deq="implicit", epochs=1))
+    assert not ended
+    early, full = read_records(tmp_path / "early")[0], read_records(tmp_path / "full")[0]
+    assert 0 < early["solver_steps"] <= 18 and 0 < early["backward_solver_steps"] <= 20
+    assert comparable([early]) == comparable([full])
+    early_state, full_state = model_state(tmp_path / "early"), model_state(tmp_path / "full")
+    for key in full_state:
+        assert torch.equal(early_state[key], full_state[key]), key
+
+
+def test_deq_check_every_is_checked():
+    with pytest.raises(ValueError, match=r"deq_check_every applies to DEQ twins only; got deq_check_every=2 without"):
+        TrainConfig(deq_check_every=2)
+    with pytest.raises(ValueError, match=r"deq_check_every must be >= 0; got deq_check_every=-1"):
+        TrainConfig(deq="implicit", deq_check_every=-1)
+    with pytest.raises(ValueError, match=r"deq_check_every must be int; got deq_check_every=1.5"):
+        TrainConfig(deq="implicit", deq_check_every=1.5)
+    from wtext.train.model_builder import model_for
+    model = model_for(TrainConfig(model="resnet-tiny", deq="phantom", deq_check_every=3), 10)
+    assert (model.config.deq.f_check_every, model.config.deq.b_check_every) == (3, 3)
+    assert model.config.deq.backward == "phantom"  # the rest of the variant is kept
+
+
+def test_a_checkpoint_with_fewer_running_sums_resumes(tmp_path):
+    """Checkpoints written before backward_solver_steps / backward_solves existed hold 6 running sums: they are
+    padded with zeros, and the resumed run ends where the uninterrupted one does; more sums than this wtext knows is
+    a clear error."""
+    from wtext.train.loop import RUNNING_KEYS, restore_running
+
+    run(tiny_config(tmp_path, "whole"))
+    with pytest.raises(Interrupted):
+        run(tiny_config(tmp_path, "split", stop_after_steps=5))
+    path = tmp_path / "split" / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    assert state["running"].shape == (len(RUNNING_KEYS),)
+    state["running"] = state["running"][:6]  # the older layout
+    torch.save(state, path)
+    run(tiny_config(tmp_path, "split", resume=True))
+    assert comparable(read_records(tmp_path / "whole")) == comparable(read_records(tmp_path / "split"))
+    with pytest.raises(ValueError, match=r"holds 9 running sums, this wtext knows 8 .*newer wtext"):
+        restore_running(torch.zeros(9, dtype=torch.float64), torch.device("cpu"))
 
 
 def test_config_file_then_command_line(tmp_path):

@@ -1,6 +1,7 @@
 """TrainConfig: every option of `python -m wtext.train`, with the paper's defaults (Adam, lr 1e-3, cosine schedule
 with warm-up). The command line is generated from it; a TOML or YAML file can set it; the CLI overrides the file."""
 
+import dataclasses
 import math
 import re
 import types
@@ -8,6 +9,7 @@ import typing
 from dataclasses import dataclass, field, fields
 
 from wtext.data import DATASETS
+from wtext.lora import DEFAULT_TARGETS, LoRAConfig
 from wtext.models import DEQ_VARIANTS, PRESETS
 from wtext.ops import MODES, PATTERNS
 from wtext.validation import check_density, check_nm
@@ -16,7 +18,8 @@ OPTIMIZERS = ("adam", "sgd")
 
 # The options that define the network (its weights' shapes and its masks): a checkpoint is evaluated with the
 # values it was trained with.
-MODEL_OPTIONS = ("model", "width", "depth", "mask_mode", "density", "pattern", "nm", "mask_seed", "deq")
+MODEL_OPTIONS = ("model", "width", "depth", "mask_mode", "density", "pattern", "nm", "mask_seed", "mask_overlap",
+                 "deq", "lora", "lora_targets")
 
 # The data a run trains on: --eval-only takes them from the checkpoint unless given.
 DATA_OPTIONS = ("dataset", "data_dir", "synthetic_train", "synthetic_test")
@@ -39,8 +42,29 @@ class TrainConfig:
     pattern: str = option("bernoulli", "mask pattern", choices=PATTERNS)
     nm: str = option("2:4", "N:M of the nm pattern")
     mask_seed: int = option(0, "seed of the masks (stored in checkpoints instead of the masks)")
+    mask_overlap: float = option(0.0, "fraction of each application's mask carried over from the previous one "
+                                      "(multi-mask, bernoulli): 0 independent masks, 1 the same mask everywhere")
     deq: str | None = option(None, "train the DEQ twin with this variant instead of the weight-tied model",
                              choices=sorted(DEQ_VARIANTS))
+    # Not in MODEL_OPTIONS: it changes how long a solve runs, not the model or its result.
+    deq_check_every: int = option(0, "test DEQ convergence every k solver iterations (one host read per k) and stop "
+                                     "when every sample converged; 0: run the whole budget, no host read (sets the "
+                                     "DEQ variant's f_check_every and b_check_every)")
+    # Transfer: start from another run's weights, fine-tune all of them, some modules, or LoRA adapters
+    # (docs/lora.md). init_from and train_only are not in MODEL_OPTIONS: the run's own checkpoint holds the weights,
+    # and which of them trained does not change the network.
+    init_from: str | None = option(None, "initialize the model with the weights of this wtext checkpoint (e.g. "
+                                         "another run's run_dir/checkpoint.pt) before training; a classifier head "
+                                         "of another number of classes is left freshly initialized; not re-applied "
+                                         "on --resume")
+    lora: str | None = option(None, "train multi-mask LoRA adapters instead of the base weights (frozen), e.g. "
+                                    "r=8,alpha=16,copies=2,density=0.5 (keys of wtext.lora.LoRAConfig.parse; the "
+                                    "adapters' masks follow --mask-seed unless it sets seed=)")
+    lora_targets: str | None = option(None, "comma-separated module-name patterns the LoRA adapters target "
+                                            "(default: the tied weights, cells.*.conv1 ... block.fc2)")
+    train_only: str | None = option(None, "comma-separated module-name patterns: train only these modules and "
+                                          "freeze the rest (e.g. head); with --lora, the modules trained besides "
+                                          "the adapters")
     # Data
     dataset: str = option("synthetic", "synthetic (embedded), digits (real 8x8 digits from scikit-learn, "
                                        "upsampled), cifar10 or imagenet32", choices=DATASETS)
@@ -107,15 +131,66 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1; got {name}={value}")
         if self.density is not None:
             check_density(self.density)
+        if not 0 <= self.mask_overlap <= 1:
+            raise ValueError(f"mask_overlap must be in [0, 1]; got mask_overlap={self.mask_overlap}")
+        if self.mask_overlap > 0 and (self.mask_mode != "multi" or self.pattern != "bernoulli"):
+            raise ValueError(f"mask_overlap > 0 needs mask_mode multi and pattern bernoulli; got mask_mode="
+                             f"{self.mask_mode}, pattern={self.pattern}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0; got lr={self.lr}")
         for name in ("weight_decay", "warmup_epochs", "grad_clip", "stop_after_steps", "checkpoint_every_steps",
-                     "checkpoint_every_seconds", "momentum"):
+                     "checkpoint_every_seconds", "momentum", "deq_check_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0; got {name}={getattr(self, name)}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1); got label_smoothing={self.label_smoothing}")
+        # Set without --deq it would do nothing, silently: a run meant to be timed with early ends would be timed
+        # without them. (--eval-only takes --deq from the checkpoint later; model_for checks it there.)
+        if self.deq_check_every and self.deq is None and not self.eval_only:
+            raise ValueError(f"deq_check_every applies to DEQ twins only; got deq_check_every={self.deq_check_every} "
+                             f"without --deq (add --deq VARIANT or drop --deq-check-every)")
         self.nm_pair()
+        self.lora_config()
+        self.train_only_patterns()
+        if self.lora_targets is not None and self.lora is None:
+            raise ValueError(f"lora_targets applies to LoRA runs only; got lora_targets={self.lora_targets!r} "
+                             f"without --lora")
+        if self.init_from is not None and not self.init_from.strip():
+            raise ValueError("init_from must name a checkpoint file; got an empty string")
+
+    def lora_config(self) -> LoRAConfig | None:
+        """The wtext.lora.LoRAConfig of --lora, with --lora-targets and --train-only applied; None without --lora.
+        Errors name the option."""
+        if self.lora is None:
+            return None
+        try:
+            config = LoRAConfig.parse(self.lora)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"lora: {error}") from None
+        # The adapters' masks follow the run's mask seed (as the sweeps' seeds do) unless the string sets its own.
+        given = {item.partition("=")[0].strip() for item in self.lora.split(",")}
+        updates = {} if "seed" in given else {"seed": self.mask_seed}
+        targets = _pattern_list(self.lora_targets, "lora_targets")
+        if targets is not None:
+            if config.targets != DEFAULT_TARGETS:
+                raise ValueError(f"lora sets targets and lora_targets is given too; set them once (lora="
+                                 f"{self.lora!r}, lora_targets={self.lora_targets!r})")
+            updates["targets"] = targets
+        train = self.train_only_patterns()
+        if train is not None:
+            if config.train_modules:
+                raise ValueError(f"lora sets train_modules and train_only is given too; set them once (lora="
+                                 f"{self.lora!r}, train_only={self.train_only!r})")
+            updates["train_modules"] = train
+        if not updates:
+            return config
+        try:
+            return dataclasses.replace(config, **updates)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"lora: {error}") from None
+
+    def train_only_patterns(self) -> tuple[str, ...] | None:
+        return _pattern_list(self.train_only, "train_only")
 
     def check_types(self) -> None:
         """Each field holds its annotated type (a config file can hold anything): bool for bool (not "no"), int
@@ -149,3 +224,13 @@ class TrainConfig:
             raise ValueError(f"nm must look like N:M, e.g. 2:4; got nm={self.nm!r}") from None
         check_nm(n, m)
         return n, m
+
+
+def _pattern_list(text: str | None, name: str) -> tuple[str, ...] | None:
+    """The comma-separated module-name patterns of an option (None when not set); an empty list is an error."""
+    if text is None:
+        return None
+    patterns = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not patterns:
+        raise ValueError(f"{name} must hold at least one module-name pattern; got {name}={text!r}")
+    return patterns

@@ -16,23 +16,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wtext import models
+from wtext import lora, models
 from wtext.data import DeviceLoader, load_dataset
 
 from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_atomic, write_text_atomic
 from .config import DATA_OPTIONS, MODEL_OPTIONS, TrainConfig
 from .distributed import Cluster, all_reduce_sum, init_cluster, shutdown
 from .faults import crash_point
-from .model_builder import model_for
+from .model_builder import adapt_for_training, load_initial_weights, model_for
 from .report import append_metrics, final_table, plot_curves, write_metrics
 from .schedule import warmup_cosine
 
-# Options that may differ between a run and its resumption; any other difference is an error.
+# Options that may differ between a run and its resumption; any other difference is an error. deq_check_every
+# only ends solves once every sample has stopped changing: the same numbers, sooner.
 RESUMABLE_CHANGES = {"epochs", "progress", "resume", "stop_after_steps", "device", "eval_only", "checkpoint",
-                     "run_dir", "checkpoint_every_steps", "checkpoint_every_seconds"}
+                     "run_dir", "checkpoint_every_steps", "checkpoint_every_seconds", "deq_check_every"}
 
-# The running sums of an epoch, in the order of the device tensor that accumulates them.
-RUNNING_KEYS = ("loss", "correct", "images", "solver_steps", "solver_residual", "solves")
+# The running sums of an epoch, in the order of the device tensor that accumulates them. solver_steps: the batch
+# mean of each forward solve's steps, summed over solves (solves counts them); backward_solver_steps: the same for
+# the adjoint solves of implicit backward (backward_solves counts them). New sums go at the end: a checkpoint holds
+# the tensor, and one written with fewer keys is padded on restore (see restore_running).
+RUNNING_KEYS = ("loss", "correct", "images", "solver_steps", "solver_residual", "solves", "backward_solver_steps",
+                "backward_solves")
 
 # Steps between host reads of the running sums (progress display and the non-finite-loss check).
 READ_EVERY_STEPS = 10
@@ -68,6 +73,19 @@ def device_scalar(value: float, device: torch.device) -> torch.Tensor:
     """A float32 scalar made on the device by a fill kernel (torch.tensor would copy a host value, which can
     synchronize)."""
     return torch.full((), float(value), device=device)
+
+
+def restore_running(saved: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The running sums of a checkpoint as a [len(RUNNING_KEYS)] float64 tensor on `device`. A checkpoint written
+    before the last keys existed (backward_solver_steps, backward_solves) holds a prefix of them: the missing sums
+    start at zero, so the resumed epoch's means of those keys cover the steps after the resumption (sum and count
+    alike), and the other keys continue exactly."""
+    saved = saved.to(device, torch.float64).flatten()
+    if saved.numel() > len(RUNNING_KEYS):
+        raise ValueError(f"the checkpoint holds {saved.numel()} running sums, this wtext knows {len(RUNNING_KEYS)} "
+                         f"({', '.join(RUNNING_KEYS)}): it was written by a newer wtext; resume it with that version")
+    missing = len(RUNNING_KEYS) - saved.numel()
+    return torch.cat([saved, saved.new_zeros(missing)]) if missing else saved
 
 
 def settings_for_evaluation(config: TrainConfig, trained: dict, path: Path) -> TrainConfig:
@@ -150,7 +168,13 @@ class Trainer:
 
     def build_model(self) -> None:
         config = self.config
-        self.model = model_for(config, self.data.num_classes).to(self.device)
+        model = model_for(config, self.data.num_classes)
+        # --init-from starts a new run only: a resumed or evaluated run loads its own checkpoint over everything.
+        if config.init_from is not None and not config.resume and not config.eval_only:
+            load_initial_weights(model, config, self.log)
+            self.log(f"initialized from {config.init_from}")
+        adapt_for_training(model, config)  # --lora / --train-only: adapters, frozen weights
+        self.model = model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.core = self.model  # the unwrapped model: state dicts, DEQ statistics, accounting
@@ -161,7 +185,9 @@ class Trainer:
 
     def build_optimizer(self) -> None:
         config = self.config
-        parameters = self.core.parameters()
+        parameters = [p for p in self.core.parameters() if p.requires_grad]  # --lora, --train-only freeze the rest
+        if not parameters:
+            raise ValueError("nothing to train: every parameter of the model is frozen (check --train-only)")
         if config.optimizer == "adam":
             self.optimizer = torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
         else:
@@ -253,7 +279,9 @@ class Trainer:
     def restore(self, path: Path) -> None:
         state = load_checkpoint(path, self.device)
         saved, current = state["config"], dataclasses.asdict(self.config)
-        changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
+        # A checkpoint written before an option existed was trained with that option's default.
+        defaults = dataclasses.asdict(TrainConfig())
+        changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != current[k])
         if changed:
             name = changed[0]
             raise ValueError(f"{path} was written with {name}={saved.get(name)!r}, this run has "
@@ -262,7 +290,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step_in_epoch, self.steps_done = state["epoch"], state["step_in_epoch"], state["steps_done"]
-        self.running = state["running"].to(self.device, torch.float64)
+        self.running = restore_running(state["running"], self.device)
         if self.cluster.rank != 0:  # rank 0 carries the sums of all ranks so far (see save)
             self.running = self.zero_running()
         self.seconds = state["seconds"]
@@ -310,6 +338,11 @@ class Trainer:
         values += [sum((out.stats.steps.float().mean() for out in deq_outputs), device_scalar(0, self.device)),
                    sum((out.stats.lowest.float().mean() for out in deq_outputs), device_scalar(0, self.device)),
                    device_scalar(len(deq_outputs), self.device)]
+        # The adjoint solves ran inside loss_with_penalties.backward() above, which filled backward_stats (implicit
+        # backward only; phantom and one-step gradients have none).
+        adjoint = [stats for out in deq_outputs for stats in out.backward_stats]
+        values += [sum((stats.steps.float().mean() for stats in adjoint), device_scalar(0, self.device)),
+                   device_scalar(len(adjoint), self.device)]
         self.running += torch.stack([v.to(self.device) for v in values]).double()
 
     def read_running(self, progress) -> bool:
@@ -366,6 +399,8 @@ class Trainer:
         if totals["solves"]:
             record["solver_steps"] = totals["solver_steps"] / totals["solves"]
             record["solver_residual"] = totals["solver_residual"] / totals["solves"]
+        if totals["backward_solves"]:
+            record["backward_solver_steps"] = totals["backward_solver_steps"] / totals["backward_solves"]
         if test_accuracy > self.best[0]:
             self.best = (test_accuracy, self.epoch + 1)
         self.history.append(record)
@@ -385,7 +420,7 @@ class Trainer:
             # followed by a metrics line) are rewritten from it.
             write_metrics(self.run_dir, self.history)
         else:
-            for name in ("metrics.jsonl", "summary.json", "curves.png", "checkpoint.pt"):
+            for name in ("metrics.jsonl", "summary.json", "curves.png", "checkpoint.pt", "adapter.pt"):
                 (self.run_dir / name).unlink(missing_ok=True)
         write_text_atomic(self.run_dir / "config.json", json.dumps(dataclasses.asdict(self.config), indent=2) + "\n")
 
@@ -422,7 +457,8 @@ class Trainer:
             self.save()  # the starting state: a run killed before its first periodic checkpoint can resume
         facts = models.describe(self.core)
         self.log(f"{config.model}{' (DEQ ' + config.deq + ')' if config.deq else ''}: {facts['stored']:,} parameters "
-                 f"({facts['effective_per_application']:,.0f} effective per application), mask {config.mask_mode}/"
+                 f"({facts['effective_per_application']:,.0f} effective per application{self.trainable_note()}), "
+                 f"mask {config.mask_mode}/"
                  f"{config.pattern}, {config.dataset}: {len(self.data.train) * self.cluster.world} train / "
                  f"{len(self.data.test)} test images, device {self.device}, {self.cluster.world} rank(s)")
         wall_start = time.perf_counter()
@@ -459,16 +495,27 @@ class Trainer:
                 crash_point("metrics")
                 extra = (f", solver steps {record['solver_steps']:.1f}, residual {record['solver_residual']:.2e}"
                          if "solver_steps" in record else "")
+                if "backward_solver_steps" in record:
+                    extra += f", backward solver steps {record['backward_solver_steps']:.1f}"
                 self.log(f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} acc "
                          f"{record['train_accuracy']:.4f} | test loss {record['test_loss']:.4f} acc "
                          f"{record['test_accuracy']:.4f} | {record['images_per_second']:.0f} img/s{extra}")
         return self.summarize(facts, time.perf_counter() - wall_start)
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.core.parameters() if p.requires_grad)
+
+    def trainable_note(self) -> str:
+        """', N trainable' when --lora or --train-only froze some parameters."""
+        trainable = self.trainable_parameters()
+        return f", {trainable:,} trainable" if trainable < sum(p.numel() for p in self.core.parameters()) else ""
 
     def summarize(self, facts: dict, wall_time: float) -> dict:
         records = self.history
         summary = {
             "model": self.config.model + (f" (DEQ {self.config.deq})" if self.config.deq else ""),
             "parameters": facts["stored"],
+            "trainable_parameters": self.trainable_parameters(),
             "effective_parameters": facts["effective_per_application"],
             "flops_per_image": facts["flops_effective"],
             "epochs": self.epoch,
@@ -482,6 +529,8 @@ class Trainer:
         if self.cluster.main:
             write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
             plot_curves(self.run_dir, records)
+            if lora.adapters(self.core):  # the adapter alone (factors and trained modules): a few KB
+                lora.save_adapter(self.core, self.run_dir / "adapter.pt")
             self.log("\n" + final_table(summary))
         return summary
 

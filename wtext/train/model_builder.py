@@ -1,14 +1,26 @@
 """model_for: the model a TrainConfig describes (preset, width, depth, DEQ variant, masks), for training runs and
-for the experiments that rebuild a run's model."""
+for the experiments that rebuild a run's model; load_initial_weights (--init-from) and adapt_for_training (--lora,
+--train-only) for transfer runs."""
 
 import dataclasses
+from fnmatch import fnmatchcase
+from pathlib import Path
 
 from torch import nn
 
-from wtext import models
+from wtext import lora, models
 from wtext.nn import MaskSpec
 
+from .checkpoint import load_checkpoint
 from .config import TrainConfig
+
+# The classifier head of every wtext model (an nn.Linear named "head"): the one module --init-from may leave freshly
+# initialized, when the checkpoint's has another shape (another number of classes).
+HEAD = "head"
+
+# Options that define the masks but not the shapes of the weights: a checkpoint's tied weights were trained under
+# its masks, which are not stored; initializing a model with other masks from them would silently be another network.
+MASK_OPTIONS = ("mask_mode", "density", "pattern", "nm", "mask_seed", "mask_overlap")
 
 
 def model_for(config: TrainConfig, num_classes: int) -> nn.Module:
@@ -23,8 +35,78 @@ def model_for(config: TrainConfig, num_classes: int) -> nn.Module:
             if name not in has:
                 raise ValueError(f"model {config.model} has no {name}; drop --{name}")
             overrides[name] = value
+    if config.deq_check_every:
+        if config.deq is None:  # reached by --eval-only of a checkpoint without a DEQ (TrainConfig checks the rest)
+            raise ValueError(f"deq_check_every applies to DEQ twins only; model {config.model} is not one "
+                             f"(drop --deq-check-every)")
+        # The early-end test of both the forward and the adjoint solve; it leaves the variant's results unchanged.
+        overrides["deq"] = dataclasses.replace(models.deq_variant(config.deq), f_check_every=config.deq_check_every,
+                                               b_check_every=config.deq_check_every)
     if "mask" in has:
         density = preset.mask.density if config.density is None else config.density
         overrides["mask"] = MaskSpec(mode=config.mask_mode, density=density, pattern=config.pattern,
-                                     nm=config.nm_pair(), seed=config.mask_seed)
+                                     nm=config.nm_pair(), seed=config.mask_seed,
+                                     overlap=config.mask_overlap)
     return models.build_model(config.model, **overrides)
+
+
+def load_initial_weights(model: nn.Module, config: TrainConfig, log=print) -> None:
+    """Loads the model weights of the checkpoint config.init_from into `model` (built by model_for, before any
+    adapter), strictly: every key present on both sides with the same shape, except a classifier head of another
+    shape, which keeps its fresh initialization (logged). Errors name the file and the mismatched keys or options."""
+    path = Path(config.init_from)
+    checkpoint = load_checkpoint(path, "cpu")
+    state, trained = checkpoint["model"], checkpoint.get("config", {})
+    defaults = TrainConfig()
+    for name in MASK_OPTIONS:
+        value = trained.get(name, getattr(defaults, name))
+        if value != getattr(config, name):
+            raise ValueError(f"init_from {path}: it was trained with {name}={value!r}, this run has {name}="
+                             f"{getattr(config, name)!r}; its tied weights only fit the masks they were trained "
+                             f"with (give --{name.replace('_', '-')} {value})")
+    own = model.state_dict()
+    head = [key for key in own if key.startswith(HEAD + ".")]
+    fresh_head = any(key in state and tuple(state[key].shape) != tuple(own[key].shape) for key in head)
+    if fresh_head:
+        shapes = ", ".join(f"{key} {tuple(state[key].shape)} -> {tuple(own[key].shape)}" for key in head
+                           if key in state)
+        state = {key: value for key, value in state.items() if not key.startswith(HEAD + ".")}
+        log(f"init_from {path}: the classifier head has another shape ({shapes}); it keeps its fresh "
+            f"initialization, every other weight comes from the checkpoint")
+    expected = [key for key in own if not (fresh_head and key in head)]
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in own]
+    wrong = [f"{key} {tuple(state[key].shape)} in the checkpoint, {tuple(own[key].shape)} here" for key in expected
+             if key in state and tuple(state[key].shape) != tuple(own[key].shape)]
+    problems = ([f"shapes differ: {'; '.join(wrong[:4])}"] if wrong else []) + \
+               ([f"missing in the checkpoint: {', '.join(missing[:6])}"] if missing else []) + \
+               ([f"not in this model: {', '.join(unexpected[:6])}"] if unexpected else [])
+    if problems:
+        model_name = trained.get("model", "?")
+        raise ValueError(f"init_from {path}: its weights (model {model_name}) do not fit this run's model "
+                         f"({config.model}): {'; '.join(problems)}")
+    model.load_state_dict(state, strict=not fresh_head)
+
+
+def adapt_for_training(model: nn.Module, config: TrainConfig) -> None:
+    """--lora: injects the adapters (wtext.lora.inject), freezing every base weight except those of --train-only's
+    modules. --train-only without --lora: freezes every parameter except those of the matching modules."""
+    lora_config = config.lora_config()
+    if lora_config is not None:
+        lora.inject(model, lora_config)
+        return
+    patterns = config.train_only_patterns()
+    if patterns is None:
+        return
+    named = [(name, module) for name, module in model.named_modules() if name]
+    for pattern in patterns:
+        if not any(fnmatchcase(name, pattern) for name, _ in named):
+            modules = ", ".join(name for name, _ in named[:12]) + (", ..." if len(named) > 12 else "")
+            raise ValueError(f"train_only pattern {pattern!r} matches no module of the {type(model).__name__}; "
+                             f"its modules: {modules}")
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for name, module in named:
+        if any(fnmatchcase(name, pattern) for pattern in patterns):
+            for parameter in module.parameters():
+                parameter.requires_grad_(True)

@@ -47,6 +47,7 @@ def final_table(summary: dict) -> str:
     rows = [
         ("model", summary["model"]),
         ("parameters (stored)", f"{summary['parameters']:,}"),
+        ("trainable parameters", f"{summary.get('trainable_parameters', summary['parameters']):,}"),
         ("effective parameters / application", f"{summary['effective_parameters']:,.0f}"),
         ("epochs", summary["epochs"]),
         ("best test accuracy", f"{summary['best_test_accuracy']:.4f} (epoch {summary['best_epoch']})"),

@@ -1,0 +1,105 @@
+"""The training step of the shipped models against the same architecture with its masks stored as buffers.
+
+    python benchmarks/bench_train.py                      # CPU: resnet-tiny, vit-tiny, the resnet-tiny DEQ twin
+    python benchmarks/bench_train.py --device cuda        # resnet-small, vit-small (bf16, channels_last), DEQ twin
+    python benchmarks/bench_train.py --no-compile --presets resnet-tiny
+
+Every case is the real step of `python -m wtext.train` (Trainer.train_step: forward under the run's autocast,
+cross-entropy, backward, Adam, schedule, on-device running sums) on one fixed batch:
+- wtext:   the shipped model (masked views from the tied-weight op, F.conv2d / F.linear on them);
+- stored:  the same model with each tied weight's masks precomputed once and kept as a buffer, the views made by
+           a plain `weight * masks` (what a PyTorch user without wtext would write);
+each eager and under torch.compile (the run's --compile). Cases are timed in turns, in one process (timing.py), and
+the ratios are to the stored-mask step of the same mode: > 1 means wtext is slower.
+"""
+
+import argparse
+import contextlib
+import io
+import tempfile
+
+import torch
+
+from timing import interleaved_round_ms
+from wtext.nn.tied_weight import TiedMaskedWeight
+from wtext.train import TrainConfig
+from wtext.train.loop import Trainer
+
+CPU_CASES = (("resnet-tiny", None), ("vit-tiny", None), ("resnet-tiny", "implicit"))
+CUDA_CASES = (("resnet-small", None), ("vit-small", None), ("resnet-small", "implicit"))
+
+
+class StoredMaskWeight(TiedMaskedWeight):
+    """A tied weight whose masks are a buffer computed once: forward is weight * masks (then cast)."""
+
+    def forward(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        stacked = self.weight.unsqueeze(0) * self.stored_masks
+        return stacked if dtype is None else stacked.to(dtype)
+
+
+def store_masks(model: torch.nn.Module) -> None:
+    """Turns every tied weight of the model into a StoredMaskWeight (same parameters, same masks)."""
+    for module in model.modules():
+        if isinstance(module, TiedMaskedWeight):
+            masks = module.application_masks()
+            module.__class__ = StoredMaskWeight  # same state, one method different: the baseline's masking
+            module.register_buffer("stored_masks", masks.to(module.weight.dtype), persistent=False)
+
+
+def trainer_for(preset: str, deq: str | None, args, stored: bool, compiled: bool, scratch: str) -> Trainer:
+    config = TrainConfig(model=preset, deq=deq, device=args.device, batch_size=args.batch, dataset="synthetic",
+                         synthetic_train=args.batch * 2, synthetic_test=args.batch, progress=False,
+                         run_dir=f"{scratch}/{preset}-{deq}-{stored}-{compiled}")
+    with contextlib.redirect_stdout(io.StringIO()):
+        trainer = Trainer(config)
+    if stored:
+        store_masks(trainer.core)
+    if compiled:
+        trainer.forward = torch.compile(trainer.model)
+    return trainer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--presets", help="comma-separated presets (default: the device's set; add :DEQ for a twin, "
+                                          "e.g. resnet-tiny:implicit)")
+    parser.add_argument("--batch", type=int, default=None, help="default: 32 on the CPU, 128 on CUDA")
+    parser.add_argument("--no-compile", action="store_true", help="eager cases only")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="steps per case and round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of all cases in turn")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    args.batch = args.batch or (128 if device.type == "cuda" else 32)
+    if args.presets:
+        cases = [tuple(item.split(":")) if ":" in item else (item, None) for item in args.presets.split(",")]
+    else:
+        cases = CUDA_CASES if device.type == "cuda" else CPU_CASES
+    modes = (False,) if args.no_compile else (False, True)
+    print(f"torch {torch.__version__}, {device} ({torch.get_num_threads()} thread(s)), batch {args.batch}, "
+          f"{args.rounds} rounds x {args.repeats} steps per case, in turns")
+    with tempfile.TemporaryDirectory() as scratch:
+        for preset, deq in cases:
+            trainers = {(stored, compiled): trainer_for(preset, deq, args, stored, compiled, scratch)
+                        for compiled in modes for stored in (False, True)}
+            images, labels = next(iter(trainers[(False, False)].train_loader.epoch(0)))
+            steps = {key: (lambda trainer=trainer: trainer.train_step(images, labels))
+                     for key, trainer in trainers.items()}
+            times = interleaved_round_ms(steps, device, args.warmup, args.repeats, args.rounds)
+            medians = {key: sorted(values)[len(values) // 2] for key, values in times.items()}
+            name = preset + (f" (DEQ {deq})" if deq else "")
+            print(f"\n{name}:")
+            print(f"{'case':<18} | {'ms/step':>8} | {'images/s':>9} | {'vs stored, same mode':>20}")
+            for compiled in modes:
+                for stored in (True, False):
+                    ms = medians[(stored, compiled)]
+                    label = f"{'stored' if stored else 'wtext'} {'compiled' if compiled else 'eager'}"
+                    ratio = ms / medians[(True, compiled)]
+                    print(f"{label:<18} | {ms:8.2f} | {args.batch / ms * 1e3:9.0f} | {ratio:19.3f}x")
+            if not args.no_compile:
+                print(f"wtext eager vs stored compiled: {medians[(False, False)] / medians[(True, True)]:.3f}x")
+
+
+if __name__ == "__main__":
+    main()
