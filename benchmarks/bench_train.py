@@ -9,13 +9,15 @@ cross-entropy, backward, Adam, schedule, on-device running sums) on one fixed ba
 - wtext:   the shipped model (masked views from the tied-weight op, F.conv2d / F.linear on them);
 - stored:  the same model with each tied weight's masks precomputed once and kept as a buffer, the views made by
            a plain `weight * masks` (what a PyTorch user without wtext would write);
-each eager and under torch.compile (the run's --compile). Cases are timed in turns, in one process (timing.py), and
-the ratios are to the stored-mask step of the same mode: > 1 means wtext is slower.
+each eager and under torch.compile (the run's --compile), and on CUDA the shipped step captured in a CUDA graph
+(--cuda-graph). Cases are timed in turns, in one process (timing.py); ratios > 1 mean slower than the stored-mask
+step.
 """
 
 import argparse
 import contextlib
 import io
+import statistics
 import tempfile
 
 import torch
@@ -46,15 +48,18 @@ def store_masks(model: torch.nn.Module) -> None:
             module.register_buffer("stored_masks", masks.to(module.weight.dtype), persistent=False)
 
 
-def trainer_for(preset: str, deq: str | None, args, stored: bool, compiled: bool, scratch: str) -> Trainer:
+def trainer_for(preset: str, deq: str | None, args, case: str, scratch: str) -> Trainer:
+    """The trainer of one case: "wtext eager", "stored eager", "wtext compiled", "stored compiled", "wtext graphed"
+    (the step captured in a CUDA graph, --cuda-graph)."""
+    graphed = case == "wtext graphed"
     config = TrainConfig(model=preset, deq=deq, device=args.device, batch_size=args.batch, dataset="synthetic",
                          synthetic_train=args.batch * 2, synthetic_test=args.batch, progress=False,
-                         run_dir=f"{scratch}/{preset}-{deq}-{stored}-{compiled}")
+                         cuda_graph=graphed, run_dir=f"{scratch}/{preset}-{deq}-{case.replace(' ', '-')}")
     with contextlib.redirect_stdout(io.StringIO()):
         trainer = Trainer(config)
-    if stored:
+    if case.startswith("stored"):
         store_masks(trainer.core)
-    if compiled:
+    if case.endswith("compiled"):
         trainer.forward = torch.compile(trainer.model)
     return trainer
 
@@ -76,29 +81,29 @@ def main() -> None:
         cases = [tuple(item.split(":")) if ":" in item else (item, None) for item in args.presets.split(",")]
     else:
         cases = CUDA_CASES if device.type == "cuda" else CPU_CASES
-    modes = (False,) if args.no_compile else (False, True)
+    names = ["stored eager", "wtext eager"] + ([] if args.no_compile else ["stored compiled", "wtext compiled"])
     print(f"torch {torch.__version__}, {device} ({torch.get_num_threads()} thread(s)), batch {args.batch}, "
           f"{args.rounds} rounds x {args.repeats} steps per case, in turns")
     with tempfile.TemporaryDirectory() as scratch:
         for preset, deq in cases:
-            trainers = {(stored, compiled): trainer_for(preset, deq, args, stored, compiled, scratch)
-                        for compiled in modes for stored in (False, True)}
-            images, labels = next(iter(trainers[(False, False)].train_loader.epoch(0)))
-            steps = {key: (lambda trainer=trainer: trainer.train_step(images, labels))
-                     for key, trainer in trainers.items()}
+            # The CUDA-graph step captures weight-tied models only (a DEQ twin's solve runs host-side loops).
+            case_names = names + (["wtext graphed"] if device.type == "cuda" and deq is None else [])
+            trainers = {name: trainer_for(preset, deq, args, name, scratch) for name in case_names}
+            images, labels = next(iter(trainers["wtext eager"].train_loader.epoch(0)))
+            steps = {name: (lambda trainer=trainer: trainer.train_step(images, labels))
+                     for name, trainer in trainers.items()}
             times = interleaved_round_ms(steps, device, args.warmup, args.repeats, args.rounds)
-            medians = {key: sorted(values)[len(values) // 2] for key, values in times.items()}
-            name = preset + (f" (DEQ {deq})" if deq else "")
-            print(f"\n{name}:")
-            print(f"{'case':<18} | {'ms/step':>8} | {'images/s':>9} | {'vs stored, same mode':>20}")
-            for compiled in modes:
-                for stored in (True, False):
-                    ms = medians[(stored, compiled)]
-                    label = f"{'stored' if stored else 'wtext'} {'compiled' if compiled else 'eager'}"
-                    ratio = ms / medians[(True, compiled)]
-                    print(f"{label:<18} | {ms:8.2f} | {args.batch / ms * 1e3:9.0f} | {ratio:19.3f}x")
-            if not args.no_compile:
-                print(f"wtext eager vs stored compiled: {medians[(False, False)] / medians[(True, True)]:.3f}x")
+            medians = {name: statistics.median(values) for name, values in times.items()}
+            title = preset + (f" (DEQ {deq})" if deq else "")
+            print(f"\n{title}:")
+            print(f"{'case':<16} | {'ms/step':>8} | {'images/s':>9} | {'vs stored eager':>15} | "
+                  f"{'vs stored compiled':>18}")
+            for name in case_names:
+                ms = medians[name]
+                versus_compiled = (f"{ms / medians['stored compiled']:17.3f}x" if "stored compiled" in medians
+                                   else f"{'-':>18}")
+                print(f"{name:<16} | {ms:8.2f} | {args.batch / ms * 1e3:9.0f} | "
+                      f"{ms / medians['stored eager']:14.3f}x | {versus_compiled}")
 
 
 if __name__ == "__main__":

@@ -87,6 +87,8 @@ class TrainConfig:
     bf16: bool = option(True, "bfloat16 autocast on CUDA")
     channels_last: bool = option(True, "channels_last activations on CUDA")
     compile: bool = option(False, "torch.compile the model")
+    cuda_graph: bool = option(False, "capture the training step (forward, backward, Adam) in one CUDA graph and "
+                                     "replay it (CUDA, weight-tied models, Adam, one process)")
     seed: int = option(0, "seed of initialization, data order and augmentation")
     deterministic: bool = option(False, "deterministic algorithms (bitwise-reproducible CPU runs)")
     run_dir: str = option("runs/latest", "where config, metrics, checkpoint and plots go")

@@ -23,6 +23,8 @@ from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_atom
 from .config import DATA_OPTIONS, MODEL_OPTIONS, TrainConfig
 from .distributed import Cluster, all_reduce_sum, init_cluster, shutdown
 from .faults import crash_point
+from .graphed_step import (GraphedTrainStep, capturable_adam, fit_loaded_optimizer, graph_unsupported,
+                           portable_optimizer_state)
 from .model_builder import adapt_for_training, load_initial_weights, model_for
 from .report import append_metrics, final_table, plot_curves, write_metrics
 from .schedule import warmup_cosine
@@ -30,7 +32,7 @@ from .schedule import warmup_cosine
 # Options that may differ between a run and its resumption; any other difference is an error. deq_check_every
 # only ends solves once every sample has stopped changing: the same numbers, sooner.
 RESUMABLE_CHANGES = {"epochs", "progress", "resume", "stop_after_steps", "device", "eval_only", "checkpoint",
-                     "run_dir", "checkpoint_every_steps", "checkpoint_every_seconds", "deq_check_every"}
+                     "run_dir", "checkpoint_every_steps", "checkpoint_every_seconds", "deq_check_every", "cuda_graph"}
 
 # The running sums of an epoch, in the order of the device tensor that accumulates them. solver_steps: the batch
 # mean of each forward solve's steps, summed over solves (solves counts them); backward_solver_steps: the same for
@@ -188,7 +190,15 @@ class Trainer:
         parameters = [p for p in self.core.parameters() if p.requires_grad]  # --lora, --train-only freeze the rest
         if not parameters:
             raise ValueError("nothing to train: every parameter of the model is frozen (check --train-only)")
-        if config.optimizer == "adam":
+        self.graphed = None
+        if config.cuda_graph:
+            reason = graph_unsupported(self)
+            if reason is not None:
+                raise ValueError(f"--cuda-graph: the training step cannot be captured in a CUDA graph: {reason}")
+        if config.cuda_graph:
+            self.optimizer = capturable_adam(parameters, config.lr, config.weight_decay, self.device)
+            self.graphed = GraphedTrainStep(self)
+        elif config.optimizer == "adam":
             self.optimizer = torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
         else:
             self.optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
@@ -211,7 +221,7 @@ class Trainer:
     def checkpoint_payload(self) -> dict:
         return {
             "model": self.core.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": portable_optimizer_state(self.optimizer),
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
@@ -288,6 +298,7 @@ class Trainer:
                              f"{name}={current[name]!r}; resume with the same options (or another --run-dir)")
         self.load_model_state(state, path)
         self.optimizer.load_state_dict(state["optimizer"])
+        fit_loaded_optimizer(self.optimizer, capturable=self.graphed is not None)
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step_in_epoch, self.steps_done = state["epoch"], state["step_in_epoch"], state["steps_done"]
         self.running = restore_running(state["running"], self.device)
@@ -315,6 +326,9 @@ class Trainer:
 
     # -- training ---------------------------------------------------------------------------------------------
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        if self.graphed is not None:
+            self.graphed.step(images, labels)
+            return
         config = self.config
         self.model.train()
         with self.autocast:
