@@ -85,7 +85,7 @@ def test_paper_scale_plans_are_valid_and_estimated(tmp_path, name, capsys):
     # Paper scale needs a GPU and CIFAR-10; a dry run builds every run's trainer and times a few steps of each
     # distinct model on synthetic images of CIFAR's shape, without the files and without training.
     assert main([name, "--scale", "paper", "--data-dir", str(tmp_path), "--dry-run", "--out", str(tmp_path / "o"),
-                 "--seeds", "1", "--device", "cpu", "--width", "8", "--batch-size", "8"]) == 0
+                 "--seeds", "1", "--device", "cpu", "--width", "8", "--batch-size", "2"]) == 0
     out = capsys.readouterr().out
     assert "params" in out and ("on cifar10" in out or name == "quality")
     assert "estimated total" in out and " steps on " in out
