@@ -189,3 +189,16 @@ def test_local_workers_share_a_sweep_and_the_merge_trains_nothing(tmp_path):
 def test_merging_before_the_workers_finished_names_the_missing_runs(tmp_path, capsys):
     assert main(["masks", "--out", str(tmp_path / "o"), *SMALL, "--no-train"]) == 2
     assert "12 of 12 runs are not finished (e.g. resnet-dense seed 0" in capsys.readouterr().err
+
+
+def test_a_fused_sweep_trains_the_resnet_runs_as_one_group(tmp_path, capsys):
+    out = tmp_path / "fused"
+    assert main(["masks", "--out", str(out), *SMALL, "--fuse"]) == 0
+    printed = capsys.readouterr().out
+    # 3 ResNet mask modes x 2 seeds share an architecture; the ViT runs cannot fuse and train alone
+    assert "group 1: 6 runs fused" in printed and "vit-tiny" in printed
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert all(len(seeds) == 2 and seeds[0]["summary"]["epochs"] == 1 for seeds in runs.values())
+    capsys.readouterr()
+    assert main(["masks", "--out", str(out), *SMALL, "--fuse"]) == 0
+    assert capsys.readouterr().out.count("done before, skipped") == 12

@@ -4,7 +4,7 @@
     python -m wtext.experiments NAME [--scale quick|paper] [--seeds N] [--dataset NAME] [--data-dir DIR]
                                      [--model PRESET] [--width W] [--depth D] [--epochs N] [--batch-size B]
                                      [--train-images N] [--test-images N] [--device DEV] [--out DIR]
-                                     [--dry-run] [--worker I/N|slurm] [--no-train]
+                                     [--dry-run] [--worker I/N|slurm] [--no-train] [--fuse [--fuse-max K]]
 
 NAME: see `list` (docs/experiments.md maps each to the claim it checks). Every run is trained once per seed into
 OUT/runs/RUN/seed-S; finished ones are skipped and interrupted ones resume from their checkpoint, so a stopped
@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "distinct model on the chosen device); train nothing")
     parser.add_argument("--worker", type=str, metavar="I/N|slurm",
                         help="train only this worker's share of the runs (the I-th of every N) and stop")
+    parser.add_argument("--fuse", action="store_true",
+                        help="train the runs that share an architecture (ResNet, not DEQ) as horizontally fused "
+                             "groups: one model of grouped convolutions, each run with its own masks, optimizer, "
+                             "data order and files (docs/fused.md)")
+    parser.add_argument("--fuse-max", type=positive_int, help="at most this many runs per fused group")
     parser.add_argument("--no-train", action="store_true",
                         help="train nothing: write the tables from finished runs, or say which are missing")
     return parser
@@ -107,7 +112,7 @@ def main(argv=None) -> int:
     print(f"{experiment.name} ({args.scale} scale, {len(seeds)} seed(s)) -> {out_dir}\nclaim: {experiment.claim}",
           flush=True)
     sweep = Sweep(out_dir, base, lambda message: print(message, flush=True), dry_run=args.dry_run, given=given,
-                  seeds=seeds, worker=worker, train=not args.no_train)
+                  seeds=seeds, worker=worker, train=not args.no_train, fuse=args.fuse, fuse_max=args.fuse_max)
     try:
         body = experiment.run(out_dir, args.scale, sweep)
     except (PlanShown, WorkerFinished):

@@ -83,11 +83,32 @@ def load_result(job: Job) -> dict:
     }
 
 
+def resumable(job: Job) -> bool:
+    """Whether the job's run directory holds a checkpoint of the same options to continue from."""
+    run_dir = Path(job.config.run_dir)
+    return (run_dir / "checkpoint.pt").is_file() and same_config(run_dir, job.config)
+
+
 def train_job(job: Job) -> None:
     """Trains a job, resuming it when its run directory holds a checkpoint of the same options."""
-    run_dir = Path(job.config.run_dir)
-    resumable = (run_dir / "checkpoint.pt").is_file() and same_config(run_dir, job.config)
-    run(dataclasses.replace(job.config, resume=resumable))
+    run(dataclasses.replace(job.config, resume=resumable(job)))
+
+
+def train_fused_jobs(jobs: list[Job], log, max_members: int | None = None) -> None:
+    """Trains jobs that share an architecture as horizontally fused groups (wtext.train.fused), the others alone;
+    says how they were grouped and why."""
+    from wtext.train.fused import train_fused
+    from wtext.train.fusion_groups import explain_groups, group_for_fusion
+
+    configs = [dataclasses.replace(job.config, resume=resumable(job)) for job in jobs]
+    groups = group_for_fusion(configs, max_members=max_members)
+    for line in explain_groups(configs, groups):
+        log(line)
+    for group in groups:
+        if len(group) == 1:
+            train_job(jobs[group[0]])
+        else:
+            train_fused([configs[i] for i in group], log=log)
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
@@ -114,12 +135,14 @@ class Sweep:
     """
 
     def __init__(self, out_dir: Path, base: dict, log=print, dry_run: bool = False, given: dict | None = None,
-                 seeds: tuple[int, ...] = (0,), worker: tuple[int, int] | None = None, train: bool = True):
+                 seeds: tuple[int, ...] = (0,), worker: tuple[int, int] | None = None, train: bool = True,
+                 fuse: bool = False, fuse_max: int | None = None):
         if not seeds:
             raise ValueError("a sweep needs at least one seed")
         self.out_dir, self.base, self.log, self.dry_run = out_dir, base, log, dry_run
         self.given = given or {}
         self.seeds, self.worker, self.train = tuple(seeds), worker, train
+        self.fuse, self.fuse_max = fuse, fuse_max
         self.noted: set[str] = set()
 
     def jobs(self, runs: dict[str, dict]) -> list[Job]:
@@ -180,13 +203,23 @@ class Sweep:
             raise ValueError(f"{len(missing)} of {len(jobs)} runs are not finished (e.g. "
                              f"{', '.join(job.label for job in missing[:4])}); run the workers first, or merge "
                              f"without --no-train to train them here")
-        for index, job in enumerate(jobs, start=1):
-            if job in missing:
-                self.log(f"[{index}/{len(jobs)}] {job.label}: training")
-                train_job(job)
-            else:
-                self.log(f"[{index}/{len(jobs)}] {job.label}: done before, skipped")
+        self.train_all([(f"[{index}/{len(jobs)}]", job) for index, job in enumerate(jobs, start=1)])
         return self.results_of(jobs)
+
+    def train_all(self, numbered: list[tuple[str, Job]]) -> None:
+        """Trains the unfinished jobs of (label, job) pairs, alone or, with fuse, in fused groups."""
+        todo = []
+        for number, job in numbered:
+            if finished(job):
+                self.log(f"{number} {job.label}: done before, skipped")
+            else:
+                self.log(f"{number} {job.label}: training")
+                todo.append(job)
+        if self.fuse and todo:
+            train_fused_jobs(todo, self.log, self.fuse_max)
+        else:
+            for job in todo:
+                train_job(job)
 
     @staticmethod
     def results_of(jobs: list[Job]) -> dict[str, list[dict]]:
@@ -199,12 +232,7 @@ class Sweep:
         index, count = self.worker
         share = jobs[index::count]
         self.log(f"worker {index + 1} of {count}: {len(share)} of {len(jobs)} runs")
-        for number, job in enumerate(share, start=1):
-            if finished(job):
-                self.log(f"[{number}/{len(share)}] {job.label}: done before, skipped")
-            else:
-                self.log(f"[{number}/{len(share)}] {job.label}: training")
-                train_job(job)
+        self.train_all([(f"[{number}/{len(share)}]", job) for number, job in enumerate(share, start=1)])
         self.log(f"worker {index + 1} of {count}: done; when every worker has finished, run the same command "
                  f"without --worker to merge the results")
 

@@ -154,9 +154,9 @@ class Trainer:
         if world > 1 and config.interleave != 1:
             raise ValueError("interleave emulates a multi-rank run in one process; do not combine it with torchrun")
         self.log(f"loading {config.dataset} ...")
-        self.data = load_dataset(config.dataset, config.data_dir, device=self.device,
-                                 synthetic_train=config.synthetic_train, synthetic_test=config.synthetic_test,
-                                 seed=config.seed, shard=(self.cluster.rank, world))
+        self.data = self.load_data(config.dataset, config.data_dir, device=self.device,
+                                   synthetic_train=config.synthetic_train, synthetic_test=config.synthetic_test,
+                                   seed=config.seed, shard=(self.cluster.rank, world))
         self.channels_last = config.channels_last and self.device.type == "cuda"
         self.train_loader = DeviceLoader(self.data.train, config.batch_size // world, self.data.mean, self.data.std,
                                          train=True, seed=config.seed, augment=config.augment, flip=self.data.flip,
@@ -167,6 +167,10 @@ class Trainer:
                              f"({len(self.data.train) * world} images): no full batch")
         self.test_loader = DeviceLoader(self.data.test, config.batch_size, self.data.mean, self.data.std,
                                         train=False, channels_last=self.channels_last)
+
+    def load_data(self, name: str, data_dir, **options):
+        """The run's data set (wtext.data.load_dataset); a fused group's members share theirs through this."""
+        return load_dataset(name, data_dir, **options)
 
     def build_model(self) -> None:
         config = self.config
