@@ -78,20 +78,6 @@ class MemberTrainer(Trainer):
         result, self.evaluation = self.evaluation, None
         return result
 
-    def start(self) -> None:
-        """What Trainer._fit does before the first step: restore on resume, prepare the run directory, save the
-        starting state."""
-        checkpoint = self.run_dir / "checkpoint.pt"
-        if self.config.resume:
-            if not checkpoint.exists():
-                raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir} (the run did not start "
-                                        f"training there); run without --resume to start it")
-            self.restore(checkpoint)
-            self.log(f"resuming at epoch {self.epoch + 1}, step {self.step_in_epoch}")
-        self.prepare_run_dir()
-        if not self.config.resume:
-            self.save()
-
 
 class FusedGroup:
     """Members at the same epoch and step, trained by fused steps until their last epoch."""

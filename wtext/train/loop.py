@@ -461,18 +461,23 @@ class Trainer:
             if previous_handler is not None:
                 signal.signal(signal.SIGINT, previous_handler)
 
-    def _fit(self) -> dict:
-        config = self.config
+    def start(self) -> None:
+        """What comes before the first step: the checkpoint restored (--resume), the run directory prepared, and
+        (a new run) the starting state saved, so a run killed before its first periodic checkpoint can resume."""
         checkpoint = self.run_dir / "checkpoint.pt"
-        if config.resume:
+        if self.config.resume:
             if not checkpoint.exists():
                 raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir} (the run did not start "
                                         f"training there); run without --resume to start it")
             self.restore(checkpoint)
             self.log(f"resuming {self.run_dir} at epoch {self.epoch + 1}, step {self.step_in_epoch}")
         self.prepare_run_dir()
-        if not config.resume:
-            self.save()  # the starting state: a run killed before its first periodic checkpoint can resume
+        if not self.config.resume:
+            self.save()
+
+    def _fit(self) -> dict:
+        config = self.config
+        self.start()
         facts = models.describe(self.core)
         self.log(f"{config.model}{' (DEQ ' + config.deq + ')' if config.deq else ''}: {facts['stored']:,} parameters "
                  f"({facts['effective_per_application']:,.0f} effective per application{self.trainable_note()}), "
