@@ -108,11 +108,32 @@ def test_dry_run_estimates_each_run_from_measured_steps(tmp_path, capsys):
     (["masks", "--worker", "half"], "--worker must be I/N"),
     (["masks", "--dataset", "cifar10"], "cifar10 is read from files: give --data-dir"),
     (["masks", "--epochs", "-1"], "expected an integer >= 1; got -1"),
+    (["masks", "--worker", "1/2", "--no-train"], "--worker trains its share and --no-train trains nothing"),
+    (["masks", "--fuse-max", "2"], "--fuse-max limits the groups of --fuse: give --fuse too"),
 ])
 def test_bad_options_are_clear_errors(argv, message, capsys):
     with pytest.raises(SystemExit):
         main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_out_must_be_a_directory(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit):
+        main(["masks", "--out", str(tmp_path / "file")])
+    assert "is a file; give a directory" in capsys.readouterr().err
+
+
+def test_the_deq_experiment_refuses_fused_timing(tmp_path, capsys):
+    assert main(["deq", "--out", str(tmp_path / "o"), *SMALL, "--fuse"]) == 2
+    assert "compares training times; --fuse would split" in capsys.readouterr().err
+
+
+def test_worker_slurm_follows_a_stepped_array(monkeypatch):
+    for name, value in (("SLURM_ARRAY_TASK_ID", "6"), ("SLURM_ARRAY_TASK_MIN", "2"), ("SLURM_ARRAY_TASK_STEP", "2"),
+                        ("SLURM_ARRAY_TASK_COUNT", "4")):  # --array=2-8:2: tasks 2, 4, 6, 8
+        monkeypatch.setenv(name, value)
+    assert parse_worker("slurm") == (2, 4)
 
 
 def test_worker_slurm_reads_the_array_task(monkeypatch):

@@ -145,7 +145,7 @@ def test_bad_inputs_at_build_time_are_clear_errors(tmp_path, pretrained):
         run(tiny_config(tmp_path, "a", lora="r=2", lora_targets="nothing.*"))
     with pytest.raises(ValueError, match="train_only pattern 'neck' matches no module"):
         run(tiny_config(tmp_path, "b", train_only="neck"))
-    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*missing.pt"):
+    with pytest.raises(FileNotFoundError, match="--init-from .*missing.pt: no such checkpoint file"):
         run(tiny_config(tmp_path, "c", init_from=str(tmp_path / "missing.pt")))
     (tmp_path / "notes.pt").write_text("not a checkpoint")
     with pytest.raises(ValueError, match="notes.pt: not a readable checkpoint"):
@@ -157,6 +157,9 @@ def test_bad_inputs_at_build_time_are_clear_errors(tmp_path, pretrained):
         run(tiny_config(tmp_path, "f", init_from=str(pretrained), width=16))
     with pytest.raises(ValueError, match="it was trained with mask_seed=0, this run has mask_seed=1"):
         run(tiny_config(tmp_path, "g", init_from=str(pretrained), mask_seed=1))
+    with pytest.raises(ValueError, match="it was trained with density=None, this run has density=0.3"):
+        run(tiny_config(tmp_path, "g2", init_from=str(pretrained), density=0.3))
+    run(tiny_config(tmp_path, "g3", init_from=str(pretrained), density=0.5))  # the preset's density: same masks
     lora_run = tiny_config(tmp_path, "h", init_from=str(pretrained), lora="r=2")
     run(lora_run)  # a LoRA run's checkpoint has adapter keys a plain model lacks
     with pytest.raises(ValueError, match=r"not in this model: cells\.0\.conv1\.lora\.A"):

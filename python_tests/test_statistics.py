@@ -59,3 +59,11 @@ def test_correlation_and_its_fisher_interval_by_hand():
     assert correlation.verdict == "supported"
     assert correlate("y falls with x", x, y, -1).verdict == "contradicted"
     assert correlate("constant", x, [1.0] * 6, +1).verdict == "inconclusive"
+
+
+def test_an_exactly_linear_relation_is_not_a_math_error():
+    # statistics.correlation gives r = 1.0000000000000002 here; atanh(r) would raise
+    x = [0.9957660611987523, 0.3143621718995784, 0.5671013225975386, 0.2092525999828333]
+    y = [2.3115774160450195 * v + 0.43211675533619054 for v in x]
+    correlation = correlate("linear", x, y, +1)
+    assert correlation.r == pytest.approx(1.0) and correlation.verdict == "inconclusive"

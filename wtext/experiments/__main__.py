@@ -24,6 +24,8 @@ from pathlib import Path
 from wtext.data.datasets import DATASETS
 from wtext.models import PRESETS
 
+from wtext.train.loop import Interrupted, NonFiniteLoss
+
 from .definitions import EXPERIMENTS, SCALES
 from .sweep import PlanShown, Sweep, WorkerFinished, parse_worker
 
@@ -90,9 +92,14 @@ def main(argv=None) -> int:
         worker = parse_worker(args.worker) if args.worker is not None else None
     except ValueError as error:
         parser.error(str(error))
+    if worker is not None and args.no_train:
+        parser.error("--worker trains its share and --no-train trains nothing: give one of them")
+    if args.fuse_max is not None and not args.fuse:
+        parser.error("--fuse-max limits the groups of --fuse: give --fuse too")
     base = dict(SCALES[args.scale], device=args.device)
     dataset = args.dataset or base["dataset"]
-    if dataset in ("cifar10", "imagenet32") and not args.data_dir:
+    # A dry run times synthetic images of the same shape: it reads no files.
+    if dataset in ("cifar10", "imagenet32") and not args.data_dir and not args.dry_run:
         parser.error(f"{dataset} is read from files: give --data-dir (at --scale paper the default data set is "
                      f"cifar10)")
     if args.model is not None:  # the scale's width and depth belong to its own preset
@@ -106,6 +113,8 @@ def main(argv=None) -> int:
     seeds = tuple(range(args.seeds or DEFAULT_SEEDS[args.scale]))
     experiment = EXPERIMENTS[args.name]
     out_dir = Path(args.out or f"results/{args.name}-{args.scale}")
+    if out_dir.exists() and not out_dir.is_dir():
+        parser.error(f"--out {out_dir} is a file; give a directory")
     if not args.dry_run:
         out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -120,6 +129,12 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"wtext.experiments: error: {error}", file=sys.stderr)
         return 2
+    except NonFiniteLoss as error:
+        print(f"wtext.experiments: error: {error}\n(the sweep stops; the other runs are kept)", file=sys.stderr)
+        return 3
+    except (KeyboardInterrupt, Interrupted):
+        print("wtext.experiments: interrupted; the same command resumes the sweep where it stopped", file=sys.stderr)
+        return 130
     report = (f"# {experiment.name} ({args.scale} scale)\n\nClaim checked: {experiment.claim}\n\n{body}\n\n"
               f"Raw metrics of every run and seed: results.json and runs/*/seed-*/metrics.jsonl. Wall time "
               f"{time.perf_counter() - start:.0f} s.\n")

@@ -243,6 +243,10 @@ def mean_metric(result: dict, key: str) -> float:
 
 @experiment("deq", "Weight-tied multi-mask models beat DEQ variants in accuracy and run over 3x faster.")
 def deq_experiment(out_dir, scale, sweep):
+    if sweep.fuse:
+        # Fused members share their group's time: the weight-tied runs would look faster than they train alone.
+        raise ValueError("the deq experiment compares training times; --fuse would split the weight-tied runs' time "
+                         "across a fused group: run it without --fuse")
     runs = {"weight-tied-multi": {"mask_mode": "multi"}}
     runs.update({f"deq-{variant}": {"deq": variant, "mask_mode": "same", "deq_check_every": DEQ_CHECK_EVERY}
                  for variant in DEQ_RUNS})
@@ -374,7 +378,8 @@ def quality_experiment(out_dir, scale, sweep):
         axis.set(ylabel="final test accuracy", title="tied models against the plain CNN")
 
     plot(out_dir / "quality.png", draw)
-    budget = ", ".join(f"{k} {v}" for k, v in QUALITY_BUDGET.items() if v is not None)
+    trained = next(iter(results.values()))[0]["config"]  # the budget as run (the command line may change it)
+    budget = ", ".join(f"{k} {trained[k]}" for k in ("epochs", "batch_size", "lr"))
     note = (f"Budget: {budget}, Adam, the default augmentation. A claim row passes when the tied model is within "
             f"{QUALITY_MARGIN:g} of the plain CNN of the same seed.\n\n")
     return (seeds_note(results) + note
@@ -391,6 +396,8 @@ def mask_hamming_of_run(result: dict) -> float:
     config = TrainConfig(**{**result["config"], "progress": False})
     model = model_for(config, 10)
     tied = [module for module in model.modules() if isinstance(module, TiedMaskedWeight)]
+    if not tied:
+        raise ValueError(f"mask-overlap needs a model with tied weights; {config.model} has none (drop --model)")
     return statistics.mean(consecutive_hamming(module.application_masks()) for module in tied)
 
 

@@ -60,8 +60,10 @@ def same_config(run_dir: Path, config: TrainConfig) -> bool:
         return False
     saved = json.loads(path.read_text())
     current = dataclasses.asdict(config)
-    # Options a run may change when it resumes (epochs among them: a longer sweep continues its runs).
-    return all(saved.get(k) == v for k, v in current.items() if k not in RESUMABLE_CHANGES)
+    # Options a run may change when it resumes (epochs among them: a longer sweep continues its runs); an option
+    # newer than the saved config was at its default there.
+    defaults = dataclasses.asdict(TrainConfig())
+    return all(saved.get(k, defaults[k]) == v for k, v in current.items() if k not in RESUMABLE_CHANGES)
 
 
 def finished(job: Job) -> bool:
@@ -349,11 +351,14 @@ def parse_worker(text: str) -> tuple[int, int]:
         try:
             task = int(os.environ["SLURM_ARRAY_TASK_ID"])
             first = int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+            step = int(os.environ.get("SLURM_ARRAY_TASK_STEP", "1"))  # --array=0-14:2 numbers tasks 0, 2, ...
             count = int(os.environ["SLURM_ARRAY_TASK_COUNT"])
         except (KeyError, ValueError):
             raise ValueError("--worker slurm: SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT must be set (submit "
                              "with sbatch --array=0-N)") from None
-        index = task - first
+        if step < 1 or (task - first) % step:
+            raise ValueError(f"--worker slurm: task {task} is not in the array {first}-...:{step}")
+        index = (task - first) // step
     else:
         parts = text.split("/")
         if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):

@@ -38,7 +38,8 @@ def same_config(run_dir: Path, config: TrainConfig) -> bool:
     if not path.is_file():
         return False
     saved, current = json.loads(path.read_text()), dataclasses.asdict(config)
-    return all(saved.get(k) == v for k, v in current.items() if k not in RESUMABLE_CHANGES)
+    defaults = dataclasses.asdict(TrainConfig())  # an option newer than the saved config was at its default there
+    return all(saved.get(k, defaults[k]) == v for k, v in current.items() if k not in RESUMABLE_CHANGES)
 
 
 def finished_summary(config: TrainConfig) -> dict | None:

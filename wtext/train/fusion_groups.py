@@ -39,6 +39,8 @@ def unfusable_reason(config: TrainConfig) -> str | None:
         return "lora: LoRA adapters change the weights a fused forward reads"
     if config.compile:
         return "compile: the fused step is not compiled (drop compile, or train the run alone)"
+    if config.cuda_graph:
+        return "cuda_graph: the fused step is not captured in a CUDA graph (drop cuda_graph, or train the run alone)"
     if config.eval_only:
         return "eval_only: an evaluation trains nothing (run it with wtext.train.run)"
     return None

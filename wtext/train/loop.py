@@ -298,7 +298,7 @@ class Trainer:
         changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != current[k])
         if changed:
             name = changed[0]
-            raise ValueError(f"{path} was written with {name}={saved.get(name)!r}, this run has "
+            raise ValueError(f"{path} was written with {name}={saved.get(name, defaults[name])!r}, this run has "
                              f"{name}={current[name]!r}; resume with the same options (or another --run-dir)")
         self.load_model_state(state, path)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -409,7 +409,7 @@ class Trainer:
             "train_accuracy": totals["correct"] / images,
             "test_loss": test_loss,
             "test_accuracy": test_accuracy,
-            "lr": self.scheduler.get_last_lr()[0],
+            "lr": float(self.scheduler.get_last_lr()[0]),  # a device tensor under --cuda-graph
             "time_s": self.seconds,
             "images_per_second": images / max(self.seconds, 1e-9),
             "eval_time_s": eval_time,

@@ -55,12 +55,19 @@ def load_initial_weights(model: nn.Module, config: TrainConfig, log=print) -> No
     adapter), strictly: every key present on both sides with the same shape, except a classifier head of another
     shape, which keeps its fresh initialization (logged). Errors name the file and the mismatched keys or options."""
     path = Path(config.init_from)
+    if not path.is_file():
+        raise FileNotFoundError(f"--init-from {path}: no such checkpoint file")
     checkpoint = load_checkpoint(path, "cpu")
     state, trained = checkpoint["model"], checkpoint.get("config", {})
     defaults = TrainConfig()
+    preset = models.preset_config(config.model)
+
+    def resolved(name, value):  # density None means the preset's, which the masks were made with
+        return preset.mask.density if name == "density" and value is None and hasattr(preset, "mask") else value
+
     for name in MASK_OPTIONS:
         value = trained.get(name, getattr(defaults, name))
-        if value != getattr(config, name):
+        if resolved(name, value) != resolved(name, getattr(config, name)):
             raise ValueError(f"init_from {path}: it was trained with {name}={value!r}, this run has {name}="
                              f"{getattr(config, name)!r}; its tied weights only fit the masks they were trained "
                              f"with (give --{name.replace('_', '-')} {value})")
