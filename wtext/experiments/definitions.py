@@ -6,6 +6,7 @@ uses the paper-sized presets on CIFAR-10 or ImageNet32 from --data-dir and wants
 """
 
 import json
+import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,8 +77,11 @@ def best_accuracies(results: dict, name: str) -> list[float]:
 
 
 def spread(values: list[float], digits: int = 4) -> str:
-    """'mean ± std' of per-seed values."""
+    """'mean ± std' of per-seed values ('—' for a metric the run does not have, e.g. a weight-tied run's solver
+    steps)."""
     mean, std = mean_std(values)
+    if math.isnan(mean):
+        return "—"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
@@ -281,7 +285,7 @@ def deq_experiment(out_dir, scale, sweep):
     note = (f"DEQ solves test convergence every {DEQ_CHECK_EVERY} iterations and end once every sample stopped "
             f"(--deq-check-every), so no run pays for iterations after convergence. Solver steps: the mean over "
             f"samples of the iterations each sample took until it converged, diverged or hit the budget, in the "
-            f"forward solve and in the implicit backward's adjoint solve (NaN where a variant has none).\n\n")
+            f"forward solve and in the implicit backward's adjoint solve (— where a run has none).\n\n")
     return (seeds_note(results) + note
             + markdown_table(["run", "final acc", "train s / epoch", "inference s (test set)", "solver steps fwd",
                               "solver steps bwd", "train time vs weight-tied"], rows)
