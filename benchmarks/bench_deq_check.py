@@ -25,7 +25,7 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from timing import interleaved_round_ms
+from timing import add_interleaving_options, interleaved_round_ms
 from wtext.data import DeviceLoader, load_dataset
 from wtext.train import TrainConfig
 from wtext.train.model_builder import model_for
@@ -113,9 +113,7 @@ def main():
     parser.add_argument("--tols", default="variant,3e-2,1e-1",
                         help="one table per entry: 'variant' (its own tolerances) or a forward and backward tolerance")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CUDA, as training runs there")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=1, help="steps per case and round")
-    parser.add_argument("--rounds", type=int, default=9, help="rounds of all cases in turn")
+    add_interleaving_options(parser, warmup=1, repeats=1, rounds=9)
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from timing import interleaved_median_ms
+from timing import add_interleaving_options, interleaved_median_ms
 from wtext import lora, ops
 
 RANK = 8
@@ -101,9 +101,7 @@ def main():
     parser.add_argument("--copies", type=int, nargs="+", default=[2, 4], help="values of d (default 2 4)")
     parser.add_argument("--density", type=float, default=0.5, help="mask density (default 0.5)")
     parser.add_argument("--pattern", default="exact", choices=ops.PATTERNS, help="mask pattern (default exact)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per case (default 3)")
-    parser.add_argument("--repeats", type=int, default=10, help="calls per case per round (default 10)")
-    parser.add_argument("--rounds", type=int, default=7, help="rounds of all cases in turn (default 7)")
+    add_interleaving_options(parser, warmup=3, repeats=10, rounds=7)
     parser.add_argument("--device", choices=["cpu", "cuda"], nargs="+",
                         default=["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"], help="devices")
     args = parser.parse_args()

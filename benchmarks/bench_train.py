@@ -17,12 +17,11 @@ step.
 import argparse
 import contextlib
 import io
-import statistics
 import tempfile
 
 import torch
 
-from timing import interleaved_round_ms
+from timing import add_interleaving_options, interleaved_median_ms
 from wtext.nn.tied_weight import TiedMaskedWeight
 from wtext.train import TrainConfig
 from wtext.train.loop import Trainer
@@ -71,9 +70,7 @@ def main() -> None:
                                           "e.g. resnet-tiny:implicit)")
     parser.add_argument("--batch", type=int, default=None, help="default: 32 on the CPU, 128 on CUDA")
     parser.add_argument("--no-compile", action="store_true", help="eager cases only")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3, help="steps per case and round")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of all cases in turn")
+    add_interleaving_options(parser, warmup=3, repeats=3, rounds=5)
     args = parser.parse_args()
     device = torch.device(args.device)
     args.batch = args.batch or (128 if device.type == "cuda" else 32)
@@ -92,8 +89,7 @@ def main() -> None:
             images, labels = next(iter(trainers["wtext eager"].train_loader.epoch(0)))
             steps = {name: (lambda trainer=trainer: trainer.train_step(images, labels))
                      for name, trainer in trainers.items()}
-            times = interleaved_round_ms(steps, device, args.warmup, args.repeats, args.rounds)
-            medians = {name: statistics.median(values) for name, values in times.items()}
+            medians = interleaved_median_ms(steps, device, args.warmup, args.repeats, args.rounds)
             title = preset + (f" (DEQ {deq})" if deq else "")
             print(f"\n{title}:")
             print(f"{'case':<16} | {'ms/step':>8} | {'images/s':>9} | {'vs stored eager':>15} | "

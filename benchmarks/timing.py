@@ -106,6 +106,14 @@ def print_profile(title: str, step, device: torch.device, rows: int = 18) -> Non
     print(profile.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=60))
 
 
+def add_interleaving_options(parser, warmup: int, repeats: int, rounds: int) -> None:
+    """--warmup, --repeats and --rounds of interleaved_round_ms, with this benchmark's defaults."""
+    parser.add_argument("--warmup", type=int, default=warmup, help=f"untimed calls per case (default {warmup})")
+    parser.add_argument("--repeats", type=int, default=repeats,
+                        help=f"calls per case and round (default {repeats})")
+    parser.add_argument("--rounds", type=int, default=rounds, help=f"rounds of all cases in turn (default {rounds})")
+
+
 def interleaved_round_ms(cases: dict, device: torch.device, warmup: int = 5, repeats: int = 10,
                          rounds: int = 7) -> dict[str, list[float]]:
     """Per-call time of each case (name -> fn) in milliseconds in every round, on CPU and CUDA alike: every case
