@@ -2,10 +2,10 @@
 
 
 def require_ints(config, names, minimum: int = 1) -> None:
-    """Each named field of `config` must be an int >= minimum."""
+    """Each named field of `config` must be an int >= minimum (not a bool, which Python counts as an int)."""
     for name in names:
         value = getattr(config, name)
-        if not isinstance(value, int) or value < minimum:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"{name} must be an int >= {minimum}; got {name}={value!r}")
 
 

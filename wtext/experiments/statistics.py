@@ -8,9 +8,6 @@ import math
 import statistics
 from dataclasses import asdict, dataclass
 
-VERDICTS = ("supported", "contradicted", "inconclusive")
-
-
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     if not values:

@@ -54,9 +54,6 @@ class LoRAConfig:
     train_modules: tuple[str, ...] = ()
 
     def __post_init__(self):
-        for name in ("rank", "copies"):
-            if isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be an int >= 1; got {name}={getattr(self, name)!r}")
         require_ints(self, ("rank", "copies"))
         if self.alpha is not None and (isinstance(self.alpha, bool) or not isinstance(self.alpha, numbers.Real)
                                        or not self.alpha > 0):

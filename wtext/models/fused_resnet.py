@@ -56,11 +56,21 @@ def shape_of(config) -> dict:
     return {name: getattr(config, name) for name in config.__dataclass_fields__ if name not in MEMBER_FIELDS}
 
 
+class JoinedNorm:
+    """The members' GroupNorms as one over x [N, K * C, H, W] (member k's channels in block k): their affine
+    parameters joined once, so a norm applied at every tied application joins them once per forward."""
+
+    def __init__(self, norms: Sequence[nn.GroupNorm]):
+        self.groups, self.eps = norms[0].num_groups * len(norms), norms[0].eps
+        self.weight, self.bias = torch.cat([n.weight for n in norms]), torch.cat([n.bias for n in norms])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(x, self.groups, self.weight, self.bias, self.eps)
+
+
 def group_norm(x: torch.Tensor, norms: Sequence[nn.GroupNorm]) -> torch.Tensor:
-    """The members' GroupNorms over x [N, K * C, H, W] (member k's channels in block k)."""
-    first = norms[0]
-    return F.group_norm(x, first.num_groups * len(norms), torch.cat([n.weight for n in norms]),
-                        torch.cat([n.bias for n in norms]), first.eps)
+    """The members' GroupNorms over x [N, K * C, H, W], applied once."""
+    return JoinedNorm(norms)(x)
 
 
 def conv(x: torch.Tensor, weights: Sequence[torch.Tensor] | torch.Tensor, stride: int = 1) -> torch.Tensor:
@@ -120,14 +130,14 @@ class FusedTiedResNet(nn.Module):
                 down = [m.downsample[stage - 1] for m in members]
                 u = group_norm(conv(features, [d[0].weight for d in down], stride=2), [d[1] for d in down])
             cells = [m.cells[stage] for m in members]
-            norms = [[cell.norm1 for cell in cells], [cell.norm2 for cell in cells], [cell.norm3 for cell in cells]]
+            norms = [JoinedNorm([getattr(cell, name) for cell in cells]) for name in ("norm1", "norm2", "norm3")]
             w1, w2 = views[stage]
             z = torch.zeros_like(u)
             for application in range(c.depth):
                 w1_l, w2_l = w1[application if len(w1) > 1 else 0], w2[application if len(w2) > 1 else 0]
-                h = F.relu(group_norm(conv(z, w1_l), norms[0]))
-                h = group_norm(conv(h, w2_l), norms[1])
-                z = group_norm(F.relu(z + h + u), norms[2])
+                h = F.relu(norms[0](conv(z, w1_l)))
+                h = norms[1](conv(h, w2_l))
+                z = norms[2](F.relu(z + h + u))
             features = z
         pooled = F.adaptive_avg_pool2d(features, c.head_grid)  # [N, K * C, g, g]
         # Member k's flattened features are its channel block in (C, g, g) order, as flatten(1) gives alone.

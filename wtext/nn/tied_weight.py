@@ -85,7 +85,8 @@ class TiedMaskedWeight(nn.Module):
         if not spec.masked:
             return torch.ones_like(self.weight).unsqueeze(0)
         with torch.no_grad():
-            ones = torch.ones_like(self.weight)
+            # The op masks a weight of ones: the mask, from an expanded scalar (no weight-sized buffer).
+            ones = self.weight.new_ones(()).expand_as(self.weight)
             if reference:
                 fresh = torch.stack([self.mask(spec.mask_layer(v)) for v in range(self.views)])
             else:

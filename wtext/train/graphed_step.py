@@ -57,7 +57,7 @@ class GraphedTrainStep:
     def __init__(self, trainer):
         reason = graph_unsupported(trainer)
         if reason is not None:
-            raise ValueError(f"the training step cannot be captured in a CUDA graph: {reason}")
+            raise ValueError(f"--cuda-graph: the training step cannot be captured in a CUDA graph: {reason}")
         self.trainer = trainer
         self.graph: torch.cuda.CUDAGraph | None = None
         self.images = self.labels = self.running = None

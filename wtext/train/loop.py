@@ -23,8 +23,7 @@ from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_atom
 from .config import DATA_OPTIONS, MODEL_OPTIONS, TrainConfig
 from .distributed import Cluster, all_reduce_sum, init_cluster, shutdown
 from .faults import crash_point
-from .graphed_step import (GraphedTrainStep, capturable_adam, fit_loaded_optimizer, graph_unsupported,
-                           portable_optimizer_state)
+from .graphed_step import GraphedTrainStep, capturable_adam, fit_loaded_optimizer, portable_optimizer_state
 from .model_builder import adapt_for_training, load_initial_weights, model_for
 from .report import append_metrics, final_table, plot_curves, write_metrics
 from .schedule import warmup_cosine
@@ -196,12 +195,8 @@ class Trainer:
             raise ValueError("nothing to train: every parameter of the model is frozen (check --train-only)")
         self.graphed = None
         if config.cuda_graph:
-            reason = graph_unsupported(self)
-            if reason is not None:
-                raise ValueError(f"--cuda-graph: the training step cannot be captured in a CUDA graph: {reason}")
-        if config.cuda_graph:
+            self.graphed = GraphedTrainStep(self)  # refuses, naming why, what it cannot capture
             self.optimizer = capturable_adam(parameters, config.lr, config.weight_decay, self.device)
-            self.graphed = GraphedTrainStep(self)
         elif config.optimizer == "adam":
             self.optimizer = torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
         else:
