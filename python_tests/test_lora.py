@@ -176,9 +176,8 @@ def test_masks_per_copy_and_per_factor():
 
 def test_mask_seeds_are_stable_and_differ_by_name_and_seed():
     # A fixed value: Python's hash() is salted per process and would change it between runs.
-    assert mask_seeds(0, "block.qkv") == mask_seeds(0, "block.qkv")
     assert mask_seeds(0, "block.qkv") == (9770216969705719117, 9662338028972551254)
-    assert mask_seeds(0, "block.qkv") != mask_seeds(1, "block.qkv") != mask_seeds(0, "block.proj")
+    assert len({mask_seeds(0, "block.qkv"), mask_seeds(1, "block.qkv"), mask_seeds(0, "block.proj")}) == 3
 
 
 def test_dropout_applies_to_the_adapter_path_in_training_only():
@@ -224,7 +223,7 @@ def test_training_step_changes_only_adapters_and_train_modules_and_stays_tied(na
             assert torch.equal(value, before[key]), f"base parameter {key} changed"
     assert not torch.equal(model.head.weight, before["head.weight"])
     for _, adapter in adapted.values():
-        assert adapter.A.grad is not None and adapter.B.grad.abs().sum() > 0
+        assert adapter.A.grad.abs().sum() > 0 and adapter.B.grad.abs().sum() > 0
 
     # Still tied: each application masks the one shared W' = W + ΔW with its own mask.
     for weight in tied:

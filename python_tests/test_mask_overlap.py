@@ -37,6 +37,11 @@ def test_overlap_zero_is_multi_and_overlap_one_is_same():
     multi = tied((16, 8, 3, 3), 5, density=0.5)
     assert torch.equal(tied((16, 8, 3, 3), 5, density=0.5, overlap=0.0).application_masks(),
                        multi.application_masks())
+    # The chained path with coins that never carry (threshold 0) draws every mask afresh: plain multi-mask.
+    assert torch.equal(tied((16, 8, 3, 3), 5, density=0.5, overlap=1e-12).application_masks(),
+                       multi.application_masks())
+    fresh = multi.application_masks()
+    assert torch.equal(chain_masks(fresh, torch.zeros_like(fresh)), fresh)
     same = tied((16, 8, 3, 3), 5, density=0.5, mode="same").application_masks()
     full = tied((16, 8, 3, 3), 5, density=0.5, overlap=1.0).application_masks()
     assert torch.equal(full, same.expand_as(full))
