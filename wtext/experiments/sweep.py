@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from wtext.train import TrainConfig, run
-from wtext.train.loop import RESUMABLE_CHANGES
+from wtext.train.loop import finished_summary, same_config
 
 # Options of the training budget and the data's location: the command line's value always wins. Any other option
 # the command line gives (model, width, depth, dataset ...) is the base of every run, but an experiment that varies
@@ -53,25 +53,9 @@ def run_dir_of(out_dir: Path, name: str, seed: int) -> Path:
     return out_dir / "runs" / name / f"seed-{seed}"
 
 
-def same_config(run_dir: Path, config: TrainConfig) -> bool:
-    """Whether the run in run_dir was made with the same options (a changed sweep re-runs it)."""
-    path = run_dir / "config.json"
-    if not path.is_file():
-        return False
-    saved = json.loads(path.read_text())
-    current = dataclasses.asdict(config)
-    # Options a run may change when it resumes (epochs among them: a longer sweep continues its runs); an option
-    # newer than the saved config was at its default there.
-    defaults = dataclasses.asdict(TrainConfig())
-    return all(saved.get(k, defaults[k]) == v for k, v in current.items() if k not in RESUMABLE_CHANGES)
-
-
 def finished(job: Job) -> bool:
     """Whether the job's run directory holds a finished run of its options and epochs."""
-    run_dir = Path(job.config.run_dir)
-    if not (run_dir / "summary.json").is_file() or not same_config(run_dir, job.config):
-        return False
-    return json.loads((run_dir / "summary.json").read_text()).get("epochs") == job.config.epochs
+    return finished_summary(job.config) is not None
 
 
 def load_result(job: Job) -> dict:

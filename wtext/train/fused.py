@@ -10,14 +10,11 @@ images_per_second, eval_time_s and wall_time_s of a member are its share (the gr
 summed times stay the wall time it took.
 """
 
-import dataclasses
-import json
 import math
 import signal
 import threading
 import time
 from itertools import groupby
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -28,28 +25,8 @@ from wtext.models.fused_resnet import FusedTiedResNet
 
 from .config import TrainConfig
 from .fusion_groups import check_fusable, describe_member
-from .loop import READ_EVERY_STEPS, RESUMABLE_CHANGES, Interrupted, Trainer
+from .loop import READ_EVERY_STEPS, Interrupted, Trainer, finished_summary
 from .report import append_metrics
-
-
-def same_config(run_dir: Path, config: TrainConfig) -> bool:
-    """Whether run_dir/config.json was written for these options (up to those a resumption may change)."""
-    path = run_dir / "config.json"
-    if not path.is_file():
-        return False
-    saved, current = json.loads(path.read_text()), dataclasses.asdict(config)
-    defaults = dataclasses.asdict(TrainConfig())  # an option newer than the saved config was at its default there
-    return all(saved.get(k, defaults[k]) == v for k, v in current.items() if k not in RESUMABLE_CHANGES)
-
-
-def finished_summary(config: TrainConfig) -> dict | None:
-    """The summary of a run finished before with the same options and epochs, or None."""
-    run_dir = Path(config.run_dir)
-    path = run_dir / "summary.json"
-    if not path.is_file() or not same_config(run_dir, config):
-        return None
-    summary = json.loads(path.read_text())
-    return summary if summary.get("epochs") == config.epochs else None
 
 
 class MemberTrainer(Trainer):

@@ -33,6 +33,29 @@ from .schedule import warmup_cosine
 RESUMABLE_CHANGES = {"epochs", "progress", "resume", "stop_after_steps", "device", "eval_only", "checkpoint",
                      "run_dir", "checkpoint_every_steps", "checkpoint_every_seconds", "deq_check_every", "cuda_graph"}
 
+def changed_options(saved: dict, config: TrainConfig) -> list[str]:
+    """The options of `config` that differ from a run's saved config, beyond those a resumption may change. A
+    config saved before an option existed was made with that option's default."""
+    current, defaults = dataclasses.asdict(config), dataclasses.asdict(TrainConfig())
+    return sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != current[k])
+
+
+def same_config(run_dir: Path, config: TrainConfig) -> bool:
+    """Whether run_dir/config.json was written for these options (up to those a resumption may change)."""
+    path = run_dir / "config.json"
+    return path.is_file() and not changed_options(json.loads(path.read_text()), config)
+
+
+def finished_summary(config: TrainConfig) -> dict | None:
+    """The summary of a run finished before in config.run_dir with the same options and epochs, or None."""
+    run_dir = Path(config.run_dir)
+    path = run_dir / "summary.json"
+    if not path.is_file() or not same_config(run_dir, config):
+        return None
+    summary = json.loads(path.read_text())
+    return summary if summary.get("epochs") == config.epochs else None
+
+
 # The running sums of an epoch, in the order of the device tensor that accumulates them. solver_steps: the batch
 # mean of each forward solve's steps, summed over solves (solves counts them); backward_solver_steps: the same for
 # the adjoint solves of implicit backward (backward_solves counts them). New sums go at the end: a checkpoint holds
@@ -287,14 +310,14 @@ class Trainer:
 
     def restore(self, path: Path) -> None:
         state = load_checkpoint(path, self.device)
-        saved, current = state["config"], dataclasses.asdict(self.config)
-        # A checkpoint written before an option existed was trained with that option's default.
-        defaults = dataclasses.asdict(TrainConfig())
-        changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != current[k])
+        saved = state["config"]
+        changed = changed_options(saved, self.config)
         if changed:
             name = changed[0]
-            raise ValueError(f"{path} was written with {name}={saved.get(name, defaults[name])!r}, this run has "
-                             f"{name}={current[name]!r}; resume with the same options (or another --run-dir)")
+            written = saved.get(name, getattr(TrainConfig(), name))
+            raise ValueError(f"{path} was written with {name}={written!r}, this run has "
+                             f"{name}={getattr(self.config, name)!r}; resume with the same options (or another "
+                             f"--run-dir)")
         self.load_model_state(state, path)
         self.optimizer.load_state_dict(state["optimizer"])
         fit_loaded_optimizer(self.optimizer, capturable=self.graphed is not None)
