@@ -5,13 +5,12 @@ tensor}}, read back with torch.load(weights_only=True): tensors and plain contai
 cannot execute anything.
 """
 
-import os
-import pickle
-import re
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from wtext.safe_files import RefusedFile, UnreadableFile, load_plain, write_atomic
 
 from .config import LoRAConfig
 from .inject import Target, adapter_state_dict, inject, is_merged, lora_config, plan
@@ -26,16 +25,7 @@ def save_adapter(model: nn.Module, path: str | Path) -> None:
     config = lora_config(model)
     tensors = {key: value.cpu().clone() for key, value in adapter_state_dict(model).items()}  # own, minimal storage
     payload = {"format": FORMAT, "version": VERSION, "config": config.to_dict(), "tensors": tensors}
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with temporary.open("wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_atomic(path, lambda handle: torch.save(payload, handle))
 
 
 def read_adapter(path: str | Path) -> tuple[LoRAConfig, dict[str, torch.Tensor]]:
@@ -45,15 +35,12 @@ def read_adapter(path: str | Path) -> tuple[LoRAConfig, dict[str, torch.Tensor]]
     if not path.is_file():
         raise FileNotFoundError(f"adapter file not found: {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        named = re.search(r"GLOBAL ([\w.]+)", str(error))
-        if named:
-            raise ValueError(f"{path}: refused to load: it names the Python object {named.group(1)} (an adapter file "
-                             f"holds only tensors and plain data; this one may be crafted to run code)") from None
-        raise ValueError(f"{path}: not a wtext LoRA adapter file (unreadable: {str(error)[:200]})") from None
-    except Exception as error:  # torch raises several types for a file that is no torch.save output
-        raise ValueError(f"{path}: not a wtext LoRA adapter file (unreadable: {str(error)[:200]})") from None
+        payload = load_plain(path)
+    except RefusedFile as refused:
+        raise ValueError(f"{path}: refused to load: it names the Python object {refused.name} (an adapter file "
+                         f"holds only tensors and plain data; this one may be crafted to run code)") from None
+    except UnreadableFile as unreadable:
+        raise ValueError(f"{path}: not a wtext LoRA adapter file (unreadable: {unreadable.detail})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path}: not a wtext LoRA adapter file (no format marker {FORMAT!r}; a model checkpoint "
                          f"is loaded with load_state_dict, not load_adapter)")

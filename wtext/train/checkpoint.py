@@ -7,14 +7,13 @@ Payloads hold only what weights_only admits: tensors, numbers, strings, None, an
 The numpy RNG state is therefore stored as a tensor, not as the array numpy hands out.
 """
 
-import os
-import pickle
 import random
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from wtext.safe_files import RefusedFile, UnreadableFile, load_plain, write_atomic
 
 # Version 2: weights_only-readable payloads (version 1 pickled numpy arrays and needed weights_only=False).
 CHECKPOINT_FORMAT = 2
@@ -43,23 +42,6 @@ def restore_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def write_atomic(path: str | Path, write) -> None:
-    """Calls write(handle) on path.tmp, fsyncs, then renames over path: a crash leaves the old or the new file,
-    never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    write_atomic(path, lambda handle: handle.write(text.encode()))
-
-
 def save_atomic(payload: dict, path: str | Path) -> None:
     """torch.save of the payload (stamped with CHECKPOINT_FORMAT), atomically."""
     payload = {**payload, "format": CHECKPOINT_FORMAT}
@@ -75,20 +57,13 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
     if not path.is_file():
         raise ValueError(f"{path}: a checkpoint must be a file, this is a directory")
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as error:
-        # torch words this in several ways; what matters is whether the file names a Python global to import.
-        text = str(error)
-        named = re.search(r"GLOBAL ([\w.]+)", text)
-        if named:
-            raise ValueError(f"{path}: refused to load: it names the Python object {named.group(1)} (a wtext "
-                             f"checkpoint holds only tensors and plain data; this file is from an older wtext, "
-                             f"another program, or crafted to run code)") from None
-        detail = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else text
-        detail = " ".join(detail.split("Check the documentation")[0].split())
-        raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupt?): {detail[:200]}") from None
-    except Exception as error:  # torch raises several types for a damaged file
-        raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupt?): {error}") from None
+        state = load_plain(path, device)
+    except RefusedFile as refused:
+        raise ValueError(f"{path}: refused to load: it names the Python object {refused.name} (a wtext "
+                         f"checkpoint holds only tensors and plain data; this file is from an older wtext, "
+                         f"another program, or crafted to run code)") from None
+    except UnreadableFile as unreadable:
+        raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupt?): {unreadable.detail}") from None
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"{path}: not a wtext checkpoint (expected a dict with a 'model' entry)")
     if state.get("format") != CHECKPOINT_FORMAT:

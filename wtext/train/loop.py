@@ -18,8 +18,9 @@ from torch import nn
 
 from wtext import lora, models
 from wtext.data import DeviceLoader, load_dataset
+from wtext.safe_files import write_text_atomic
 
-from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_atomic, write_text_atomic
+from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_atomic
 from .config import DATA_OPTIONS, MODEL_OPTIONS, TrainConfig
 from .distributed import Cluster, all_reduce_sum, init_cluster, shutdown
 from .faults import crash_point

@@ -11,7 +11,7 @@ def append_metrics(run_dir: Path, record: dict) -> None:
 
 def write_metrics(run_dir: Path, records: list[dict]) -> None:
     """Rewrites metrics.jsonl with exactly these records (on resume: the epochs the checkpoint says finished)."""
-    from .checkpoint import write_text_atomic
+    from wtext.safe_files import write_text_atomic
 
     write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
 
