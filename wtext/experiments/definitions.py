@@ -297,14 +297,30 @@ def off_diagonal_mean(matrix: torch.Tensor) -> float:
     return ((matrix.sum() - matrix.diagonal().sum()) / (count * count - count)).item()
 
 
-def cka_of_run(result: dict, log) -> tuple[list[str], torch.Tensor]:
-    """Minibatch linear CKA between every pair of tied applications of a trained run (its checkpoint)."""
+def trained_run(result: dict, datasets: dict):
+    """(config, model with the run's trained weights, data) of a finished run. datasets: a cache shared by the runs
+    of an experiment, so each distinct data set is loaded once (the seed and sizes matter for the synthetic set
+    only)."""
     config = TrainConfig(**{**result["config"], "progress": False})
-    data = load_dataset(config.dataset, config.data_dir, synthetic_train=config.synthetic_train,
-                        synthetic_test=config.synthetic_test, seed=config.seed)
+    key = (config.dataset, config.data_dir)
+    if config.dataset == "synthetic":
+        key += (config.seed, config.synthetic_train, config.synthetic_test)
+    if key not in datasets:
+        datasets[key] = load_dataset(config.dataset, config.data_dir, synthetic_train=config.synthetic_train,
+                                     synthetic_test=config.synthetic_test, seed=config.seed)
+    data = datasets[key]
     model = model_for(config, data.num_classes)
-    state = load_checkpoint(Path(config.run_dir) / "checkpoint.pt")
-    model.load_state_dict(state["model"])
+    model.load_state_dict(load_checkpoint(Path(config.run_dir) / "checkpoint.pt")["model"])
+    return config, model, data
+
+
+def cka_of_run(result: dict, log, datasets: dict) -> tuple[list[str], torch.Tensor]:
+    """Minibatch linear CKA between every pair of tied applications of a trained run (its checkpoint)."""
+    config, model, data = trained_run(result, datasets)
+    return cka_of_model(model, data, config, log)
+
+
+def cka_of_model(model, data, config: TrainConfig, log) -> tuple[list[str], torch.Tensor]:
     loader = DeviceLoader(data.test, 128, data.mean, data.std, train=False)
     log(f"CKA of {config.run_dir} on {len(data.test)} test images")
     return cka_matrix(model, loader.epoch(0), max_batches=20)
@@ -327,11 +343,12 @@ def draw_cka_maps(path: Path, matrices: dict) -> None:
 
 @experiment("cka", "Diverse masks lower the layer-wise similarity (CKA) of tied applications.")
 def cka_experiment(out_dir, scale, sweep):
+    datasets = {}
     runs = {f"resnet-{mode}": {"mask_mode": mode} for mode in MASK_MODES}
     results = sweep.run(runs)
     matrices, off_diagonal = {}, {}
     for name, seeds in results.items():
-        per_seed = [cka_of_run(r, sweep.log) for r in seeds]
+        per_seed = [cka_of_run(r, sweep.log, datasets) for r in seeds]
         names = per_seed[0][0]
         # The heat map shows seed 0; the table and the verdicts use every seed.
         matrices[name] = {"names": names, "cka": per_seed[0][1].tolist(),
@@ -394,11 +411,9 @@ def quality_experiment(out_dir, scale, sweep):
 OVERLAPS = {"quick": [0.0, 0.5, 0.9, 1.0], "paper": [0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0]}
 
 
-def mask_hamming_of_run(result: dict) -> float:
-    """Measured mean fraction of weights whose mask differs between consecutive applications, over the run's tied
-    weights (masks regenerated from the run's config)."""
-    config = TrainConfig(**{**result["config"], "progress": False})
-    model = model_for(config, 10)
+def mask_hamming(model, config: TrainConfig) -> float:
+    """Measured mean fraction of weights whose mask differs between consecutive applications, over the model's tied
+    weights (masks regenerated from the run's spec)."""
     tied = [module for module in model.modules() if isinstance(module, TiedMaskedWeight)]
     if not tied:
         raise ValueError(f"mask-overlap needs a model with tied weights; {config.model} has none (drop --model)")
@@ -408,14 +423,16 @@ def mask_hamming_of_run(result: dict) -> float:
 @experiment("mask-overlap", "More diverse masks (less overlap between consecutive applications) lower the "
                             "layer-wise CKA and raise accuracy.")
 def mask_overlap_experiment(out_dir, scale, sweep):
+    datasets = {}
     runs = {f"overlap-{overlap}": {"mask_mode": "multi", "pattern": "bernoulli", "mask_overlap": overlap}
             for overlap in OVERLAPS[scale]}
     results = sweep.run(runs)
     points = []  # (hamming, cka, accuracy) per (run, seed)
     per_run = {}
     for name, seeds in results.items():
-        hamming = [mask_hamming_of_run(r) for r in seeds]
-        cka = [off_diagonal_mean(cka_of_run(r, sweep.log)[1]) for r in seeds]
+        trained = [trained_run(r, datasets) for r in seeds]  # each run's model built once for both measures
+        hamming = [mask_hamming(model, config) for config, model, _ in trained]
+        cka = [off_diagonal_mean(cka_of_model(model, data, config, sweep.log)[1]) for config, model, data in trained]
         accuracy = final_accuracies(results, name)
         per_run[name] = {"hamming": hamming, "cka": cka, "accuracy": accuracy}
         points += list(zip(hamming, cka, accuracy))
