@@ -22,7 +22,7 @@ from wtext.safe_files import write_text_atomic
 
 from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_atomic
 from .config import DATA_OPTIONS, MODEL_OPTIONS, TrainConfig
-from .distributed import Cluster, all_reduce_sum, init_cluster, shutdown
+from .distributed import Cluster, all_reduce_sum, finish_together, init_cluster, shutdown
 from .faults import crash_point
 from .graphed_step import GraphedTrainStep, capturable_adam, fit_loaded_optimizer, portable_optimizer_state
 from .model_builder import adapt_for_training, load_initial_weights, model_for
@@ -592,6 +592,8 @@ class Trainer:
 def run(config: TrainConfig) -> dict:
     trainer = Trainer(config)
     try:
-        return trainer.evaluate_checkpoint() if config.eval_only else trainer.fit()
+        result = trainer.evaluate_checkpoint() if config.eval_only else trainer.fit()
+        finish_together(trainer.cluster)
+        return result
     finally:
         shutdown(trainer.cluster)
