@@ -5,4 +5,5 @@ from .datasets import DATASETS, STATISTICS, Dataset, Split, load_dataset
 from .errors import DatasetError
 from .loader import DeviceLoader, crop_flip
 
-__all__ = ["DATASETS", "STATISTICS", "Dataset", "DatasetCache", "DatasetError", "DeviceLoader", "Split", "crop_flip", "load_dataset"]
+__all__ = ["DATASETS", "STATISTICS", "Dataset", "DatasetCache", "DatasetError", "DeviceLoader", "Split", "crop_flip",
+           "load_dataset"]

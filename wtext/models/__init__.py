@@ -2,7 +2,7 @@
 
 from .accounting import describe
 from .reference import PlainCNN, PlainCNNConfig
-from .presets import (DEQ_VARIANTS, PRESETS, build_model, deq_variant, list_presets, model_from_config,
+from .presets import (DEQ_VARIANTS, HEAD, PRESETS, build_model, deq_variant, list_presets, model_from_config,
                       preset_config, register_preset)
 from .resnet import ResidualCell, TiedResNet, TiedResNetConfig
 from .tied_model import TiedModel
@@ -10,6 +10,7 @@ from .vit import TiedViT, TiedViTConfig, TransformerBlock
 
 __all__ = [
     "DEQ_VARIANTS",
+    "HEAD",
     "PRESETS",
     "PlainCNN",
     "PlainCNNConfig",

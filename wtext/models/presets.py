@@ -11,6 +11,10 @@ from .reference import PlainCNN, PlainCNNConfig
 from .resnet import TiedResNet, TiedResNetConfig
 from .vit import TiedViT, TiedViTConfig
 
+# The attribute name of every preset's classifier head (an nn.Linear): the module a transfer run may re-initialize
+# (another number of classes) or train alone.
+HEAD = "head"
+
 # name -> (description, config factory)
 PRESETS: dict[str, tuple[str, Callable[[], object]]] = {}
 

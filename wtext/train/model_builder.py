@@ -14,10 +14,6 @@ from wtext.nn import MaskSpec
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 
-# The classifier head of every wtext model (an nn.Linear named "head"): the one module --init-from may leave freshly
-# initialized, when the checkpoint's has another shape (another number of classes).
-HEAD = "head"
-
 # Options that define the masks but not the shapes of the weights: a checkpoint's tied weights were trained under
 # its masks, which are not stored; initializing a model with other masks from them would silently be another network.
 MASK_OPTIONS = ("mask_mode", "density", "pattern", "nm", "mask_seed", "mask_overlap")
@@ -72,12 +68,12 @@ def load_initial_weights(model: nn.Module, config: TrainConfig, log=print) -> No
                              f"{getattr(config, name)!r}; its tied weights only fit the masks they were trained "
                              f"with (give --{name.replace('_', '-')} {value})")
     own = model.state_dict()
-    head = [key for key in own if key.startswith(HEAD + ".")]
+    head = [key for key in own if key.startswith(models.HEAD + ".")]
     fresh_head = any(key in state and tuple(state[key].shape) != tuple(own[key].shape) for key in head)
     if fresh_head:
         shapes = ", ".join(f"{key} {tuple(state[key].shape)} -> {tuple(own[key].shape)}" for key in head
                            if key in state)
-        state = {key: value for key, value in state.items() if not key.startswith(HEAD + ".")}
+        state = {key: value for key, value in state.items() if not key.startswith(models.HEAD + ".")}
         log(f"init_from {path}: the classifier head has another shape ({shapes}); it keeps its fresh "
             f"initialization, every other weight comes from the checkpoint")
     expected = [key for key in own if not (fresh_head and key in head)]
