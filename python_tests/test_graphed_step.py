@@ -8,7 +8,7 @@ import torch
 
 from conftest import requires_cuda
 from wtext.train import TrainConfig
-from wtext.train.graphed_step import capturable_adam, fit_loaded_optimizer, portable_optimizer_state
+from wtext.train.graphed_step import GraphedStep, capturable_adam, fit_loaded_optimizer, portable_optimizer_state
 from wtext.train.loop import Trainer
 
 TINY = dict(dataset="synthetic", synthetic_train=192, synthetic_test=64, epochs=1, batch_size=32, width=8, depth=2,
@@ -73,11 +73,11 @@ def test_graphed_steps_train_as_eager_steps(tmp_path, bf16):
     base = TrainConfig(**TINY, device="cuda", bf16=bf16, run_dir=str(tmp_path / "eager"))
     eager = train_steps(base, 5)
     graphed = train_steps(dataclasses.replace(base, cuda_graph=True, run_dir=str(tmp_path / "graph")), 5)
-    assert graphed.graphed is not None and graphed.graphed.graph is not None
+    assert isinstance(graphed.step, GraphedStep) and graphed.step.graph is not None
     tolerance = dict(rtol=2e-2, atol=2e-3) if bf16 else dict(rtol=1e-4, atol=1e-5)
     for (name, a), b in zip(eager.core.state_dict().items(), graphed.core.state_dict().values()):
         torch.testing.assert_close(b, a, **tolerance, msg=name)
-    torch.testing.assert_close(graphed.running, eager.running, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(graphed.state.running, eager.state.running, rtol=1e-3, atol=1e-3)
     assert graphed.optimizer.param_groups[0]["lr"].item() == pytest.approx(eager.optimizer.param_groups[0]["lr"])
 
 

@@ -100,10 +100,10 @@ def _restore_determinism():
 def test_a_diverging_run_stops_with_the_last_finite_checkpoint(tmp_path, monkeypatch, capsys):
     """The model's logits turn to NaN at the 6th step: the run stops with exit 3, names the cause, and the
     checkpoint it leaves is finite and resumable."""
-    import wtext.train.loop as loop
+    import wtext.train.trainer as trainer_module
 
     calls = {"n": 0}
-    real_model_for = loop.model_for
+    real_model_for = trainer_module.model_for
 
     def poisoned_model_for(config, num_classes):
         model = real_model_for(config, num_classes)
@@ -120,7 +120,7 @@ def test_a_diverging_run_stops_with_the_last_finite_checkpoint(tmp_path, monkeyp
         model.forward = forward
         return model
 
-    monkeypatch.setattr(loop, "model_for", poisoned_model_for)
+    monkeypatch.setattr(trainer_module, "model_for", poisoned_model_for)
     run_dir = tmp_path / "run"
     argv = ["--width", "8", "--depth", "2", "--synthetic-train", "128", "--synthetic-test", "64", "--batch-size", "32",
             "--epochs", "3", "--no-progress", "--device", "cpu", "--run-dir", str(run_dir)]

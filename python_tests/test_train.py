@@ -143,7 +143,7 @@ def test_a_checkpoint_with_fewer_running_sums_resumes(tmp_path):
     """Checkpoints written before backward_solver_steps / backward_solves existed hold 6 running sums: they are
     padded with zeros, and the resumed run ends where the uninterrupted one does; more sums than this wtext knows is
     a clear error."""
-    from wtext.train.loop import RUNNING_KEYS, restore_running
+    from wtext.train.running import RUNNING_KEYS, restore_running
 
     run(tiny_config(tmp_path, "whole"))
     with pytest.raises(Interrupted):

@@ -19,13 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from wtext.train import TrainConfig, run
-from wtext.train.loop import finished_summary, same_config
-
-# Options of the training budget and the data's location: the command line's value always wins. Any other option
-# the command line gives (model, width, depth, dataset ...) is the base of every run, but an experiment that varies
-# it keeps its own values (a width-vs-depth sweep keeps its widths).
-BUDGET_OPTIONS = ("epochs", "batch_size", "synthetic_train", "synthetic_test", "data_dir", "device")
+from wtext.train import Role, TrainConfig, options_with, run
+from wtext.train.run_dir import finished_summary, same_config
 
 
 class PlanShown(Exception):
@@ -114,40 +109,43 @@ class Sweep:
     """What an experiment trains its runs with: run(runs) trains every run at every seed and returns
     {name: [result of seed s for s in seeds]}.
 
-    base: the scale's options; given: options from the command line (see BUDGET_OPTIONS for which win over a
-    run's own); seeds: the seeds every run is trained with; worker: (i, n) to train only the jobs j with
+    base: the scale's options; given: options from the command line: those of the training budget and the data's
+    location (Role.BUDGET) always win; any other (model, width, depth, dataset ...) is the base of every run, but an
+    experiment that varies it keeps its own values (a width-vs-depth sweep keeps its widths); seeds: the seeds every run is trained with; worker: (i, n) to train only the jobs j with
     j % n == i and stop; dry_run: list the jobs with measured time estimates and stop; train: False to refuse
     training (merging workers' results only: an error names the jobs still missing).
     """
 
     def __init__(self, out_dir: Path, base: dict, log=print, dry_run: bool = False, given: dict | None = None,
                  seeds: tuple[int, ...] = (0,), worker: tuple[int, int] | None = None, train: bool = True,
-                 fuse: bool = False, fuse_max: int | None = None):
+                 fuse: bool = False, fuse_max: int | None = None, config_type: type = TrainConfig):
         if not seeds:
             raise ValueError("a sweep needs at least one seed")
         self.out_dir, self.base, self.log, self.dry_run = out_dir, base, log, dry_run
         self.given = given or {}
         self.seeds, self.worker, self.train = tuple(seeds), worker, train
         self.fuse, self.fuse_max = fuse, fuse_max
+        self.config_type = config_type  # the runs' config class (TrainConfig, or a subclass with more options)
         self.noted: set[str] = set()
 
     def jobs(self, runs: dict[str, dict]) -> list[Job]:
         jobs = []
+        budget = options_with(Role.BUDGET, self.config_type)
         for name, overrides in runs.items():
             options = {**self.base}
             for key, value in self.given.items():
-                if key in overrides and key not in BUDGET_OPTIONS and overrides[key] != value:
+                if key in overrides and key not in budget and overrides[key] != value:
                     self.note(f"note: this experiment sets {key} per run (e.g. {name}: {key}={overrides[key]}); "
                               f"the given {key}={value} is the base of the runs that do not")
                 else:
                     options[key] = value
-            options.update({k: v for k, v in overrides.items() if k not in self.given or k not in BUDGET_OPTIONS})
+            options.update({k: v for k, v in overrides.items() if k not in self.given or k not in budget})
             for seed in self.seeds:
-                # The seed sets data order, initialization and augmentation; the masks follow it too, so the
-                # spread over seeds includes the masks' draw while compared runs of one seed share theirs.
                 resolved = {k: v(seed) if callable(v) else v for k, v in options.items()}  # per-seed options
-                config = TrainConfig(**{**resolved, "seed": seed, "mask_seed": seed,
-                                        "run_dir": str(run_dir_of(self.out_dir, name, seed))})
+                # The seed sets data order, initialization and augmentation, and the mask seed is the seed too: the
+                # spread over seeds includes the masks' draw, while compared runs of one seed share their masks.
+                resolved.update(seed=seed, mask_seed=seed, run_dir=str(run_dir_of(self.out_dir, name, seed)))
+                config = self.config_type(**resolved)
                 jobs.append(Job(name, seed, config))
         return jobs
 
@@ -252,9 +250,10 @@ class Sweep:
 
 
 def estimate_key(config: TrainConfig) -> str:
-    """Runs that differ only in seeds and run directory cost the same."""
+    """Runs that differ only in options that change no step's cost (Role.COST_NEUTRAL: seeds, run directory, starting
+    weights ...) cost the same."""
     options = dataclasses.asdict(config)
-    for name in ("seed", "mask_seed", "run_dir", "resume", "progress", "init_from"):
+    for name in options_with(Role.COST_NEUTRAL, type(config)):
         options.pop(name)
     return json.dumps(options, sort_keys=True)
 
@@ -277,7 +276,7 @@ def measure_run_cost(config: TrainConfig, warmup: int = 2, timed: int = 3) -> di
     configured device, scaled to the run's steps per epoch, test batches and epochs."""
     import torch
 
-    from wtext.train.loop import Trainer
+    from wtext.train import Trainer
 
     # Starting weights do not change the cost (and a later stage's are not trained yet when its plan is shown).
     measured = dataclasses.replace(config, progress=False, init_from=None)

@@ -10,7 +10,8 @@ import sys
 from wtext.data import DatasetError
 
 from .cli import resolve_config
-from .loop import Interrupted, NonFiniteLoss, run
+from .loop import Interrupted, run
+from .run_state import NonFiniteLoss
 
 
 def main(argv=None) -> int:

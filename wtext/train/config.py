@@ -1,7 +1,13 @@
 """TrainConfig: every option of `python -m wtext.train`, with the paper's defaults (Adam, lr 1e-3, cosine schedule
-with warm-up). The command line is generated from it; a TOML or YAML file can set it; the CLI overrides the file."""
+with warm-up). The command line is generated from it; a TOML or YAML file can set it; the CLI overrides the file.
+
+Every option declares its roles (Role) where it is declared; every rule that treats options by kind (what a resumed
+run may change, what a fused group must share, what evaluation takes from a checkpoint, what an experiment's command
+line overrides) reads them through options_with(), so a new option is classified in one place.
+"""
 
 import dataclasses
+import enum
 import math
 import re
 import types
@@ -14,94 +20,156 @@ from wtext.models import DEQ_VARIANTS, PRESETS
 from wtext.ops import MODES, PATTERNS
 from wtext.validation import check_density, check_nm
 
+OPTIONS_ROLE_KEY = "role"
+
+
+class Role(enum.Flag):
+    """What an option is, for the rules that treat options by kind. An option without a role (Role.NONE) belongs
+    to its run alone: it must not change when the run resumes, and members of a fused group may differ in it."""
+
+    NONE = 0
+    MODEL = enum.auto()  # defines the network (weights' shapes, masks, variant): a checkpoint is evaluated with it
+    MASK = enum.auto()  # defines the masks, not the weights' shapes: --init-from weights only fit the same masks
+    DATA = enum.auto()  # the data trained on: --eval-only takes it from the checkpoint unless it is given
+    RESUMABLE = enum.auto()  # may differ between a run and its resumption (any other difference is an error)
+    SHARED = enum.auto()  # every member of a fused group has the same value (one network shape, one step count)
+    BUDGET = enum.auto()  # an experiment's command-line value wins over the value a run of the experiment sets
+    COST_NEUTRAL = enum.auto()  # changes neither the work nor the time of a step: dry-run estimates ignore it
+
+
+def options_with(role: Role, config_type: type | None = None) -> tuple[str, ...]:
+    """The names of config_type's options (TrainConfig's by default) that have `role`, in declaration order."""
+    return tuple(f.name for f in fields(config_type or TrainConfig) if role & f.metadata[OPTIONS_ROLE_KEY])
+
+
+def role_of(name: str, config_type: type | None = None) -> Role:
+    return next(f.metadata[OPTIONS_ROLE_KEY] for f in fields(config_type or TrainConfig) if f.name == name)
+
+
 OPTIMIZERS = ("adam", "sgd")
-
-# The options that define the network (its weights' shapes and its masks): a checkpoint is evaluated with the
-# values it was trained with.
-MODEL_OPTIONS = ("model", "width", "depth", "mask_mode", "density", "pattern", "nm", "mask_seed", "mask_overlap",
-                 "deq", "lora", "lora_targets")
-
-# The data a run trains on: --eval-only takes them from the checkpoint unless given.
-DATA_OPTIONS = ("dataset", "data_dir", "synthetic_train", "synthetic_test")
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
-def option(default, help: str, **extra):
-    return field(default=default, metadata={"help": help, **extra})
+def option(default, role: Role, help: str, **extra):
+    """A TrainConfig field: its default, its roles, and its help text (the command line's)."""
+    return field(default=default, metadata={"help": help, OPTIONS_ROLE_KEY: role, **extra})
 
 
 @dataclass
 class TrainConfig:
     # Model
-    model: str = option("resnet-tiny", "model preset (python -m wtext.models list)", choices=sorted(PRESETS))
-    width: int | None = option(None, "ResNet width: channels of stage 0 (default: the preset's)")
-    depth: int | None = option(None, "tied applications of the block (default: the preset's)")
-    mask_mode: str = option("multi", "mask mode: multi, same or dense", choices=MODES)
-    density: float | None = option(None, "mask density in (0, 1] (default: the preset's: 0.5 ResNet, 0.9 ViT)")
-    pattern: str = option("bernoulli", "mask pattern", choices=PATTERNS)
-    nm: str = option("2:4", "N:M of the nm pattern")
-    mask_seed: int = option(0, "seed of the masks (stored in checkpoints instead of the masks)")
-    mask_overlap: float = option(0.0, "fraction of each application's mask carried over from the previous one "
-                                      "(multi-mask, bernoulli): 0 independent masks, 1 the same mask everywhere")
-    deq: str | None = option(None, "train the DEQ twin with this variant instead of the weight-tied model",
+    model: str = option("resnet-tiny", Role.MODEL | Role.SHARED,
+                        "model preset (python -m wtext.models list)", choices=sorted(PRESETS))
+    width: int | None = option(None, Role.MODEL | Role.SHARED,
+                               "ResNet width: channels of stage 0 (default: the preset's)")
+    depth: int | None = option(None, Role.MODEL | Role.SHARED,
+                               "tied applications of the block (default: the preset's)")
+    mask_mode: str = option("multi", Role.MODEL | Role.MASK,
+                            "mask mode: multi, same or dense", choices=MODES)
+    density: float | None = option(None, Role.MODEL | Role.MASK,
+                                   "mask density in (0, 1] (default: the preset's: 0.5 ResNet, 0.9 ViT)")
+    pattern: str = option("bernoulli", Role.MODEL | Role.MASK,
+                          "mask pattern", choices=PATTERNS)
+    nm: str = option("2:4", Role.MODEL | Role.MASK,
+                     "N:M of the nm pattern")
+    mask_seed: int = option(0, Role.MODEL | Role.MASK | Role.COST_NEUTRAL,
+                            "seed of the masks (stored in checkpoints instead of the masks)")
+    mask_overlap: float = option(0.0, Role.MODEL | Role.MASK,
+                                 "fraction of each application's mask carried over from the previous one "
+                                 "(multi-mask, bernoulli): 0 independent masks, 1 the same mask everywhere")
+    deq: str | None = option(None, Role.MODEL,
+                             "train the DEQ twin with this variant instead of the weight-tied model",
                              choices=sorted(DEQ_VARIANTS))
-    # Not in MODEL_OPTIONS: it changes how long a solve runs, not the model or its result.
-    deq_check_every: int = option(0, "test DEQ convergence every k solver iterations (one host read per k) and stop "
-                                     "when every sample converged; 0: run the whole budget, no host read (sets the "
-                                     "DEQ variant's f_check_every and b_check_every)")
+    # Resumable: it changes how long a solve runs, not the model or its result.
+    deq_check_every: int = option(0, Role.RESUMABLE,
+                                  "test DEQ convergence every k solver iterations (one host read per k) and stop "
+                                  "when every sample converged; 0: run the whole budget, no host read (sets the DEQ "
+                                  "variant's f_check_every and b_check_every)")
     # Transfer: start from another run's weights, fine-tune all of them, some modules, or LoRA adapters
-    # (docs/lora.md). init_from and train_only are not in MODEL_OPTIONS: the run's own checkpoint holds the weights,
-    # and which of them trained does not change the network.
-    init_from: str | None = option(None, "initialize the model with the weights of this wtext checkpoint (e.g. "
-                                         "another run's run_dir/checkpoint.pt) before training; a classifier head "
-                                         "of another number of classes is left freshly initialized; not re-applied "
-                                         "on --resume")
-    lora: str | None = option(None, "train multi-mask LoRA adapters instead of the base weights (frozen), e.g. "
-                                    "r=8,alpha=16,copies=2,density=0.5 (keys of wtext.lora.LoRAConfig.parse; the "
-                                    "adapters' masks follow --mask-seed unless it sets seed=)")
-    lora_targets: str | None = option(None, "comma-separated module-name patterns the LoRA adapters target "
-                                            "(default: the tied weights, cells.*.conv1 ... block.fc2)")
-    train_only: str | None = option(None, "comma-separated module-name patterns: train only these modules and "
-                                          "freeze the rest (e.g. head); with --lora, the modules trained besides "
-                                          "the adapters")
+    # (docs/lora.md). init_from and train_only do not define the network: the run's own checkpoint holds the weights,
+    # and which of them trained does not change what they compute.
+    init_from: str | None = option(None, Role.COST_NEUTRAL,
+                                   "initialize the model with the weights of this wtext checkpoint (e.g. another "
+                                   "run's run_dir/checkpoint.pt) before training; a classifier head of another "
+                                   "number of classes is left freshly initialized; not re-applied on --resume")
+    lora: str | None = option(None, Role.MODEL,
+                              "train multi-mask LoRA adapters instead of the base weights (frozen), e.g. "
+                              "r=8,alpha=16,copies=2,density=0.5 (keys of wtext.lora.LoRAConfig.parse; the adapters' "
+                              "masks follow --mask-seed unless it sets seed=)")
+    lora_targets: str | None = option(None, Role.MODEL,
+                                      "comma-separated module-name patterns the LoRA adapters target (default: the "
+                                      "tied weights, cells.*.conv1 ... block.fc2)")
+    train_only: str | None = option(None, Role.NONE,
+                                    "comma-separated module-name patterns: train only these modules and freeze the "
+                                    "rest (e.g. head); with --lora, the modules trained besides the adapters")
     # Data
-    dataset: str = option("synthetic", "synthetic (embedded), digits (real 8x8 digits from scikit-learn, "
-                                       "upsampled), cifar10 or imagenet32", choices=DATASETS)
-    data_dir: str | None = option(None, "folder with the CIFAR-10 / ImageNet32 batch files")
-    synthetic_train: int = option(8000, "training images of the synthetic set")
-    synthetic_test: int = option(2000, "test images of the synthetic set")
-    batch_size: int = option(64, "global batch size (split across data-parallel ranks)")
-    augment: bool = option(True, "random crop (pad 4) and horizontal flip (not for digits) on the device")
+    dataset: str = option("synthetic", Role.DATA | Role.SHARED,
+                          "synthetic (embedded), digits (real 8x8 digits from scikit-learn, upsampled), cifar10 or "
+                          "imagenet32", choices=DATASETS)
+    data_dir: str | None = option(None, Role.DATA | Role.SHARED | Role.BUDGET,
+                                  "folder with the CIFAR-10 / ImageNet32 batch files")
+    synthetic_train: int = option(8000, Role.DATA | Role.SHARED | Role.BUDGET,
+                                  "training images of the synthetic set")
+    synthetic_test: int = option(2000, Role.DATA | Role.SHARED | Role.BUDGET,
+                                 "test images of the synthetic set")
+    batch_size: int = option(64, Role.SHARED | Role.BUDGET,
+                             "global batch size (split across data-parallel ranks)")
+    augment: bool = option(True, Role.NONE,
+                           "random crop (pad 4) and horizontal flip (not for digits) on the device")
     # Optimization
-    epochs: int = option(6, "training epochs")
-    optimizer: str = option("adam", "adam or sgd (with momentum)", choices=OPTIMIZERS)
-    lr: float = option(1e-3, "peak learning rate")
-    momentum: float = option(0.9, "SGD momentum")
-    weight_decay: float = option(0.0, "weight decay")
-    warmup_epochs: float = option(0.5, "linear warm-up before the cosine decay, in epochs")
-    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy")
-    grad_clip: float = option(0.0, "clip the gradient norm to this (0: off)")
+    epochs: int = option(6, Role.RESUMABLE | Role.SHARED | Role.BUDGET,
+                         "training epochs")
+    optimizer: str = option("adam", Role.NONE,
+                            "adam or sgd (with momentum)", choices=OPTIMIZERS)
+    lr: float = option(1e-3, Role.NONE,
+                       "peak learning rate")
+    momentum: float = option(0.9, Role.NONE,
+                             "SGD momentum")
+    weight_decay: float = option(0.0, Role.NONE,
+                                 "weight decay")
+    warmup_epochs: float = option(0.5, Role.NONE,
+                                  "linear warm-up before the cosine decay, in epochs")
+    label_smoothing: float = option(0.0, Role.NONE,
+                                    "label smoothing of the cross-entropy")
+    grad_clip: float = option(0.0, Role.NONE,
+                              "clip the gradient norm to this (0: off)")
     # Runtime
-    device: str = option("auto", "auto, cpu, cuda or cuda:N")
-    bf16: bool = option(True, "bfloat16 autocast on CUDA")
-    channels_last: bool = option(True, "channels_last activations on CUDA")
-    compile: bool = option(False, "torch.compile the model")
-    cuda_graph: bool = option(False, "capture the training step (forward, backward, Adam) in one CUDA graph and "
-                                     "replay it (CUDA, weight-tied models, Adam, one process)")
-    seed: int = option(0, "seed of initialization, data order and augmentation")
-    deterministic: bool = option(False, "deterministic algorithms (bitwise-reproducible CPU runs)")
-    run_dir: str = option("runs/latest", "where config, metrics, checkpoint and plots go")
-    resume: bool = option(False, "continue from run_dir/checkpoint.pt")
-    eval_only: bool = option(False, "only evaluate the checkpoint (run_dir/checkpoint.pt or --checkpoint)")
-    checkpoint: str | None = option(None, "checkpoint to evaluate with --eval-only")
-    checkpoint_every_steps: int = option(0, "also checkpoint every this many steps within an epoch (0: off)")
-    checkpoint_every_seconds: float = option(300.0, "also checkpoint when this many seconds passed since the last "
-                                                    "checkpoint (0: off); checkpoints are always written at the "
-                                                    "start, at every epoch end and on Ctrl-C")
-    progress: bool = option(True, "progress bars")
-    interleave: int = option(1, "order data as an N-rank data-parallel run would (to reproduce one in one process)")
-    stop_after_steps: int = option(0, "stop as if interrupted after this many steps (0: never); for tests")
+    device: str = option("auto", Role.RESUMABLE | Role.SHARED | Role.BUDGET,
+                         "auto, cpu, cuda or cuda:N")
+    bf16: bool = option(True, Role.SHARED,
+                        "bfloat16 autocast on CUDA")
+    channels_last: bool = option(True, Role.SHARED,
+                                 "channels_last activations on CUDA")
+    compile: bool = option(False, Role.NONE,
+                           "torch.compile the model")
+    cuda_graph: bool = option(False, Role.RESUMABLE,
+                              "capture the training step (forward, backward, Adam) in one CUDA graph and replay it "
+                              "(CUDA, weight-tied models, Adam, one process)")
+    seed: int = option(0, Role.COST_NEUTRAL,
+                       "seed of initialization, data order and augmentation")
+    deterministic: bool = option(False, Role.SHARED,
+                                 "deterministic algorithms (bitwise-reproducible CPU runs)")
+    run_dir: str = option("runs/latest", Role.RESUMABLE | Role.COST_NEUTRAL,
+                          "where config, metrics, checkpoint and plots go")
+    resume: bool = option(False, Role.RESUMABLE | Role.COST_NEUTRAL,
+                          "continue from run_dir/checkpoint.pt")
+    eval_only: bool = option(False, Role.RESUMABLE,
+                             "only evaluate the checkpoint (run_dir/checkpoint.pt or --checkpoint)")
+    checkpoint: str | None = option(None, Role.RESUMABLE,
+                                    "checkpoint to evaluate with --eval-only")
+    checkpoint_every_steps: int = option(0, Role.RESUMABLE,
+                                         "also checkpoint every this many steps within an epoch (0: off)")
+    checkpoint_every_seconds: float = option(300.0, Role.RESUMABLE,
+                                             "also checkpoint when this many seconds passed since the last "
+                                             "checkpoint (0: off); checkpoints are always written at the start, at "
+                                             "every epoch end and on Ctrl-C")
+    progress: bool = option(True, Role.RESUMABLE | Role.COST_NEUTRAL,
+                            "progress bars")
+    interleave: int = option(1, Role.NONE,
+                             "order data as an N-rank data-parallel run would (to reproduce one in one process)")
+    stop_after_steps: int = option(0, Role.RESUMABLE | Role.SHARED,
+                                   "stop as if interrupted after this many steps (0: never); for tests")
 
     def __post_init__(self):
         self.validate()

@@ -11,12 +11,10 @@ import os
 
 from wtext import models
 
-from .config import TrainConfig
+from .config import Role, TrainConfig, options_with
 
-# Options every member of a fused group must share: the architecture (one grouped network), the data's shapes and
-# the number of steps (one step runs every member), the device and the numerics of the step.
-SHARED_OPTIONS = ("model", "width", "depth", "dataset", "data_dir", "synthetic_train", "synthetic_test",
-                  "batch_size", "epochs", "device", "bf16", "channels_last", "deterministic", "stop_after_steps")
+# Options every member of a fused group must share (Role.SHARED): the architecture (one grouped network), the data's
+# shapes and the number of steps (one step runs every member), the device and the numerics of the step.
 
 
 class FusionError(ValueError):
@@ -47,7 +45,7 @@ def unfusable_reason(config: TrainConfig) -> str | None:
 
 
 def fusion_key(config: TrainConfig) -> tuple:
-    return tuple(getattr(config, name) for name in SHARED_OPTIONS)
+    return tuple(getattr(config, name) for name in options_with(Role.SHARED, type(config)))
 
 
 def group_for_fusion(configs: list[TrainConfig], max_members: int | None = None) -> list[list[int]]:
@@ -73,7 +71,7 @@ def group_for_fusion(configs: list[TrainConfig], max_members: int | None = None)
 
 def differing_options(a: TrainConfig, b: TrainConfig) -> list[str]:
     """The shared options on which two runs differ, as 'name=a vs b'."""
-    return [f"{name}={getattr(a, name)!r} vs {getattr(b, name)!r}" for name in SHARED_OPTIONS
+    return [f"{name}={getattr(a, name)!r} vs {getattr(b, name)!r}" for name in options_with(Role.SHARED, type(a))
             if getattr(a, name) != getattr(b, name)]
 
 
@@ -113,8 +111,9 @@ def check_fusable(configs: list[TrainConfig]) -> None:
     for config in configs[1:]:
         apart = differing_options(config, first)
         if apart:
+            shared = ", ".join(options_with(Role.SHARED, type(first)))
             raise FusionError(f"{run_name(config)} cannot train fused with {run_name(first)}: they differ in "
-                              f"{'; '.join(apart)} (fused runs share {', '.join(SHARED_OPTIONS)}; "
+                              f"{'; '.join(apart)} (fused runs share {shared}; "
                               f"group_for_fusion splits such runs into groups)")
     seen: dict[str, int] = {}
     for index, config in enumerate(configs):
@@ -125,11 +124,11 @@ def check_fusable(configs: list[TrainConfig]) -> None:
 
 
 def describe_member(config: TrainConfig) -> str:
-    """What sets a member apart, for logs: the options that differ from the defaults among those a member owns."""
-    defaults = dataclasses.asdict(TrainConfig())
-    owned = ("mask_mode", "density", "pattern", "mask_seed", "mask_overlap", "seed", "optimizer", "lr",
-             "weight_decay", "warmup_epochs", "label_smoothing", "grad_clip", "init_from", "train_only")
-    values = dataclasses.asdict(config)
-    shown = [f"{name}={values[name]}" for name in owned if name in ("mask_mode", "seed") or
-             values[name] != defaults[name]]
+    """What sets a member apart, for logs: its mask mode and seed, and the options it owns (shared by no group,
+    fixed for its whole run) that differ from their defaults."""
+    config_type = type(config)
+    defaults, values = dataclasses.asdict(config_type()), dataclasses.asdict(config)
+    group_wide = set(options_with(Role.SHARED | Role.RESUMABLE, config_type))
+    shown = [f"{name}={value}" for name, value in values.items() if name in ("mask_mode", "seed") or
+             (name not in group_wide and value != defaults[name])]
     return ", ".join(shown)

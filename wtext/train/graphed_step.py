@@ -1,10 +1,10 @@
 """The training step of a weight-tied model captured once in a CUDA graph and replayed.
 
 A step of a small model is a few hundred kernel launches, each costing host time; replaying a graph launches them
-all at once. Captured: forward (under autocast), loss, backward, gradient clipping, Adam's update and the on-device
-running sums. Outside the graph, per step: copying the batch into the graph's static input tensors and writing the
-step's learning rate into the optimizer's device tensor (the schedule's value, computed on the host from the step
-count: no device read). Nothing in a replayed step synchronizes with the host.
+all at once. Captured: wtext.train.steps.train_step (forward under autocast, loss, backward, gradient clipping,
+Adam's update and the running-sum increments). Outside the graph, per step: copying the batch into the graph's
+static input tensors and writing the step's learning rate into the optimizer's device tensor (the schedule's value,
+computed on the host from the step count: no device read). Nothing in a replayed step synchronizes with the host.
 
 What it needs (graph_unsupported says which is missing): a CUDA device, a weight-tied model (a DEQ twin's solve
 and adjoint run host-side loops), Adam built capturable with a tensor learning rate (Trainer does so when the graph
@@ -13,8 +13,8 @@ gradient hooks are not captured here), and batches of one shape (the training lo
 """
 
 import torch
-import torch.nn.functional as F
-from torch import nn
+
+from .steps import EagerStep, train_step
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture: cuDNN/cuBLAS choose their algorithms there
 
@@ -46,66 +46,47 @@ def capturable_adam(parameters, lr: float, weight_decay: float, device: torch.de
     return optimizer
 
 
-class GraphedTrainStep:
-    """step(images, labels): the trainer's training step as a replay of one CUDA graph, captured at the first call.
-
-    The captured step does what Trainer.train_step does for a weight-tied model, into the same tensors: the model's
-    parameters and gradients, the optimizer's state, trainer.running (the epoch's running sums; a new tensor put
-    there by the trainer, e.g. at an epoch's end, is taken over before the next replay).
-    """
+class GraphedStep(EagerStep):
+    """The step of one run (EagerStep's) as a replay of one CUDA graph, captured at the first call. The graph holds
+    train_step on static input tensors, writing into the same tensors every replay: the model's parameters and
+    gradients, the optimizer's state, and the running-sum increments it returns."""
 
     def __init__(self, trainer):
         reason = graph_unsupported(trainer)
         if reason is not None:
             raise ValueError(f"--cuda-graph: the training step cannot be captured in a CUDA graph: {reason}")
-        self.trainer = trainer
+        super().__init__(trainer)
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.images = self.labels = self.running = None
+        self.images = self.labels = self.sums = None
+        # The autocast cache would keep casts made during capture alive across replays; the graph holds them.
+        self.capture_autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=trainer.config.bf16,
+                                               cache_enabled=False)
 
-    def step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        trainer = self.trainer
+    def train(self, batches) -> torch.Tensor:
+        images, labels = self.inputs(batches)
         if self.graph is None:
             self.capture(images, labels)
         if images.shape != self.images.shape or labels.shape != self.labels.shape:
             raise ValueError(f"a captured step takes batches of one shape: captured images {tuple(self.images.shape)}"
                              f", got {tuple(images.shape)}")
-        if trainer.running is not self.running:  # the trainer started new sums (an epoch's end, a restore)
-            self.running.copy_(trainer.running)
-            trainer.running = self.running
         self.images.copy_(images)
         self.labels.copy_(labels)
         self.graph.replay()
-        trainer.scheduler.step()  # writes the next step's learning rate into the optimizer's lr tensor
+        self.trainer.scheduler.step()  # writes the next step's learning rate into the optimizer's lr tensor
+        return self.sums
 
-    def body(self) -> None:
+    def body(self) -> torch.Tensor:
         """One training step on the static tensors: what the graph holds."""
         trainer = self.trainer
-        config = trainer.config
-        trainer.model.train()
-        # The autocast cache would keep casts made during capture alive across replays; the graph holds them.
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16, cache_enabled=False):
-            logits = trainer.forward(self.images)
-            loss = F.cross_entropy(logits.float(), self.labels, label_smoothing=config.label_smoothing)
-        loss.backward()
-        if config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(trainer.core.parameters(), config.grad_clip, foreach=True)
-        trainer.optimizer.step()
-        count = torch.full((), float(self.labels.numel()), device=self.labels.device)
-        # The first three running sums (loss, correct, images); the rest are a DEQ twin's solver statistics.
-        rest = torch.zeros(self.running.numel() - 3, device=self.labels.device)
-        values = torch.cat([torch.stack([loss.detach().float() * self.labels.numel(),
-                                         (logits.argmax(1) == self.labels).sum().float(), count]), rest])
-        self.running += values.double()
+        return train_step(trainer.model, self.forward, self.trainers, self.images, self.labels, self.capture_autocast)
 
     def capture(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        """Warm-up steps on a side stream, then the capture. The warm-up steps train: the parameters, optimizer
-        state and running sums they change are put back, so the first replay is the step the run is at."""
+        """Warm-up steps on a side stream, then the capture. The warm-up steps train: the parameters and optimizer
+        state they change are put back, so the first replay is the step the run is at."""
         trainer = self.trainer
         optimizer = trainer.optimizer
         self.images, self.labels = images.clone(), labels.clone()
-        self.running = trainer.running
         saved_parameters = [p.detach().clone() for p in trainer.core.parameters()]
-        saved_running = self.running.clone()
         # A resumed run's optimizer has state to keep; a new run's gets its state from the warm-up, to be reset.
         saved_state = {parameter: {key: value.detach().clone() for key, value in state.items()
                                    if torch.is_tensor(value)}
@@ -114,13 +95,12 @@ class GraphedTrainStep:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(WARMUP_STEPS):
-                optimizer.zero_grad(set_to_none=True)
                 self.body()
         torch.cuda.current_stream().wait_stream(side)
-        optimizer.zero_grad(set_to_none=True)  # gradients made inside the capture are the graph's own
+        # train_step sets the gradients to None first: those made inside the capture are the graph's own.
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.body()
+            self.sums = self.body()
         with torch.no_grad():
             for parameter, value in zip(trainer.core.parameters(), saved_parameters):
                 parameter.copy_(value)
@@ -132,7 +112,6 @@ class GraphedTrainStep:
                         value.copy_(saved_state[parameter][key])
                     else:
                         value.zero_()  # Adam before its first step: zero moments, step 0
-            self.running.copy_(saved_running)
 
 
 def portable_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:

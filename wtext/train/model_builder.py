@@ -12,11 +12,8 @@ from wtext import lora, models
 from wtext.nn import MaskSpec
 
 from .checkpoint import load_checkpoint
-from .config import TrainConfig
+from .config import Role, TrainConfig, options_with
 
-# Options that define the masks but not the shapes of the weights: a checkpoint's tied weights were trained under
-# its masks, which are not stored; initializing a model with other masks from them would silently be another network.
-MASK_OPTIONS = ("mask_mode", "density", "pattern", "nm", "mask_seed", "mask_overlap")
 
 
 def model_for(config: TrainConfig, num_classes: int) -> nn.Module:
@@ -55,13 +52,15 @@ def load_initial_weights(model: nn.Module, config: TrainConfig, log=print) -> No
         raise FileNotFoundError(f"--init-from {path}: no such checkpoint file")
     checkpoint = load_checkpoint(path, "cpu")
     state, trained = checkpoint["model"], checkpoint.get("config", {})
-    defaults = TrainConfig()
+    defaults = type(config)()
     preset = models.preset_config(config.model)
 
     def resolved(name, value):  # density None means the preset's, which the masks were made with
         return preset.mask.density if name == "density" and value is None and hasattr(preset, "mask") else value
 
-    for name in MASK_OPTIONS:
+    # A checkpoint's tied weights were trained under its masks, which are not stored: initializing a model with
+    # other masks (Role.MASK options) from them would silently be another network.
+    for name in options_with(Role.MASK, type(config)):
         value = trained.get(name, getattr(defaults, name))
         if resolved(name, value) != resolved(name, getattr(config, name)):
             raise ValueError(f"init_from {path}: it was trained with {name}={value!r}, this run has {name}="

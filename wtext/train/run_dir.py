@@ -1,0 +1,84 @@
+"""A run directory and the rule for 'the same run': which options a resumption may change, whether a directory
+already holds a finished run of a config, preparing the directory, and the settings an evaluated checkpoint
+imposes."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+from wtext.safe_files import write_text_atomic
+
+from .config import Role, TrainConfig, options_with
+from .report import write_metrics
+
+# What a new run clears from its directory: files of an earlier run there would be mistaken for its own.
+RUN_FILES = ("metrics.jsonl", "summary.json", "curves.png", "checkpoint.pt", "adapter.pt")
+
+
+def check_run_dir(config: TrainConfig) -> Path:
+    run_dir = Path(config.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"run_dir must be a directory; {run_dir} is a file")
+    return run_dir
+
+
+def changed_options(saved: dict, config: TrainConfig) -> list[str]:
+    """The options of `config` that differ from a run's saved config, beyond those a resumption may change
+    (Role.RESUMABLE). A config saved before an option existed was made with that option's default."""
+    config_type = type(config)
+    current, defaults = dataclasses.asdict(config), dataclasses.asdict(config_type())
+    resumable = options_with(Role.RESUMABLE, config_type)
+    return sorted(k for k in current if k not in resumable and saved.get(k, defaults[k]) != current[k])
+
+
+def same_config(run_dir: Path, config: TrainConfig) -> bool:
+    """Whether run_dir/config.json was written for these options (up to those a resumption may change)."""
+    path = run_dir / "config.json"
+    return path.is_file() and not changed_options(json.loads(path.read_text()), config)
+
+
+def finished_summary(config: TrainConfig) -> dict | None:
+    """The summary of a run finished before in config.run_dir with the same options and epochs, or None."""
+    run_dir = Path(config.run_dir)
+    path = run_dir / "summary.json"
+    if not path.is_file() or not same_config(run_dir, config):
+        return None
+    summary = json.loads(path.read_text())
+    return summary if summary.get("epochs") == config.epochs else None
+
+
+def prepare_run_dir(run_dir: Path, config: TrainConfig, history: list[dict]) -> None:
+    """Makes the directory and writes config.json. A resumed run rewrites metrics.jsonl from its checkpoint's
+    history (the checkpoint is the record of what finished: metrics written after it, or lost before it, are
+    rewritten from it); a new run clears an earlier run's files."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if config.resume:
+        write_metrics(run_dir, history)
+    else:
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+    write_text_atomic(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+
+
+def evaluated_checkpoint_path(config: TrainConfig) -> Path:
+    return Path(config.checkpoint) if config.checkpoint else Path(config.run_dir) / "checkpoint.pt"
+
+
+def settings_for_evaluation(config: TrainConfig, trained: dict, path: Path) -> TrainConfig:
+    """`config` with the model and mask settings the checkpoint was trained with (Role.MODEL): a differently masked
+    network would report another network's accuracy. An option the user set to something else is an error; one
+    left at its default takes the trained value. The data (Role.DATA) is the checkpoint's unless another is asked
+    for (evaluating on other data is legitimate)."""
+    config_type = type(config)
+    defaults = config_type()
+    updates = {name: trained[name] for name in options_with(Role.DATA, config_type) if name in trained
+               and getattr(config, name) == getattr(defaults, name) != trained[name]}
+    for name in options_with(Role.MODEL, config_type):
+        given = getattr(config, name)
+        if name not in trained or trained[name] == given:
+            continue
+        if given != getattr(defaults, name):
+            raise ValueError(f"{path} was trained with {name}={trained[name]!r}; --eval-only evaluates the model as "
+                             f"it was trained, so {name}={given!r} cannot apply (drop the option)")
+        updates[name] = trained[name]
+    return dataclasses.replace(config, **updates) if updates else config
