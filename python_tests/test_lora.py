@@ -286,6 +286,90 @@ def test_deepcopy_keeps_its_own_adapters():
     assert lora.adapters(twin)["fc"][1] is twin.fc.lora
 
 
+# --- the links between adapters and the modules they adapt ---
+
+class Doubling(nn.Module):
+    """A weight update that is no LoRAAdapter: W' = 2 W."""
+
+    def adapt_weight(self, weight):
+        return 2 * weight
+
+
+def test_a_tied_weights_update_is_linked_through_its_slot_alone():
+    """The slot is the only link: an adapter put there under another child name is used by the forward, found by
+    wtext.lora and refused by fusion; a child named `lora` that is not in the slot is ignored by all three."""
+    from wtext.models.fused_resnet import FusedTiedResNet
+    from wtext.nn import MaskSpec, TiedMaskedWeight
+
+    tied = TiedMaskedWeight((8, 6, 3, 3), 3, MaskSpec(pattern="exact"), seed_offset=0)
+    adapter = lora.LoRAAdapter("tied", 8, (6, 3, 3), LoRAConfig(rank=2, targets=("tied",)), "tied")
+    with torch.no_grad():
+        adapter.B.normal_(std=0.1)
+    tied.set_weight_update("update", adapter)
+    assert tied.weight_update is adapter and set(tied.state_dict()) == {"weight", "update.A", "update.B"}
+    adapted = tied.weight + adapter.delta_weight()
+    torch.testing.assert_close(tied(), adapted.unsqueeze(0) * tied.application_masks(), rtol=1e-5, atol=1e-5)
+    holder = nn.Module()
+    holder.tied = tied
+    assert lora.adapters(holder) == {"tied": (tied, adapter)}
+    twin = copy.deepcopy(holder).tied
+    assert twin.weight_update is twin.update and twin.weight_update is not adapter
+    assert tied.remove_weight_update() is adapter
+    assert tied.weight_update is None and set(tied.state_dict()) == {"weight"} and not lora.adapters(holder)
+    assert torch.equal(tied.shared_weight(), tied.weight)
+
+    tied.set_weight_update("scale", Doubling())  # any module with adapt_weight(W)
+    torch.testing.assert_close(tied.shared_weight(), 2 * tied.weight)
+    tied.remove_weight_update()
+
+    member = build_model("resnet-tiny")
+    conv1 = member.cells[0].conv1
+    out, *in_shape = conv1.weight.shape
+    conv1.add_module("lora", lora.LoRAAdapter("tied", out, in_shape, LoRAConfig(rank=2), "cells.0.conv1"))
+    with torch.no_grad():
+        conv1.lora.B.normal_()
+    assert torch.equal(conv1.shared_weight(), conv1.weight) and not lora.adapters(member)
+    FusedTiedResNet([member])
+    del conv1.lora
+    conv1.set_weight_update("update", Doubling())
+    with pytest.raises(ValueError, match=r"member 0 is adapted: its tied weight cells\.0\.conv1 holds a weight "
+                                         r"update"):
+        FusedTiedResNet([member])
+
+
+def test_fusion_refuses_adapters_of_tied_weights_and_of_the_layers_it_reads_directly():
+    from wtext.models.fused_resnet import FusedTiedResNet
+
+    for targets, message in [(None, r"its tied weight cells\.0\.conv1 holds a weight update"),
+                             (("stem.0",), r"member 0's module stem\.0 has hooks"),
+                             (("head",), r"member 0's module head has hooks")]:
+        model = build_model("resnet-tiny")
+        FusedTiedResNet([model])
+        lora.inject(model, LoRAConfig(rank=2) if targets is None else LoRAConfig(rank=2, targets=targets))
+        with pytest.raises(ValueError, match=message):
+            FusedTiedResNet([model])
+
+
+def test_weight_update_slot_errors():
+    from wtext.nn import MaskSpec, TiedMaskedWeight
+
+    tied = TiedMaskedWeight((8, 6, 3, 3), 2, MaskSpec(), seed_offset=0)
+    with pytest.raises(ValueError, match="has no weight update to remove"):
+        tied.remove_weight_update()
+    with pytest.raises(TypeError, match=r"an nn\.Module with a method adapt_weight\(weight\); got Linear"):
+        tied.set_weight_update("update", nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="got function"):
+        tied.set_weight_update("update", lambda weight: weight)
+    with pytest.raises(ValueError, match="cannot register the weight update as 'weight': the TiedMaskedWeight "
+                                         "already has an attribute 'weight'"):
+        tied.set_weight_update("weight", Doubling())
+    assert tied.weight_update is None and set(tied.state_dict()) == {"weight"}
+    tied.set_weight_update("update", Doubling())
+    with pytest.raises(ValueError, match=r"already has a weight update \(Doubling\); remove_weight_update\(\) "
+                                         r"first"):
+        tied.set_weight_update("other", Doubling())
+
+
 # --- adapter files ---
 
 def test_save_load_roundtrip_into_a_fresh_model(tmp_path):

@@ -17,7 +17,8 @@ KINDS = ("linear", "conv2d", "tied")
 
 class LoRAAdapter(nn.Module):
     """The factors of one adapted weight W [out, *in_shape] (in_shape: (in,) or (in, kh, kw)), attached to the
-    adapted module as its child `lora`; its state_dict entries are `<module>.lora.A` and `<module>.lora.B`.
+    adapted module as its child `lora` (a TiedMaskedWeight's also in its weight-update slot); its state_dict entries
+    are `<module>.lora.A` and `<module>.lora.B`.
 
     A [rank, *in_shape] (kaiming-uniform), B [out, rank] (zeros: the adapted model starts as the base model).
     ΔW = scaling Σ_{k<d} (B ⊙ M_B,k)(A ⊙ M_A,k) with the masks of copy k regenerated from the module's two seeds.

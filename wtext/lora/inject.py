@@ -2,6 +2,8 @@
 
 The base model is adapted in place without renaming anything: each target module keeps its type, its place and
 its own parameters (state_dict keys unchanged), and gains a child `lora` (keys `<module>.lora.A`, `<module>.lora.B`).
+Code reaches an adapter through a TiedMaskedWeight's weight-update slot or by its type (kinds.adapter_of), never
+by that child's name.
 """
 
 from dataclasses import dataclass

@@ -38,10 +38,13 @@ def weight_shape(module: nn.Module) -> tuple[int, tuple[int, ...]]:
 
 
 def attach(module: nn.Module, adapter: LoRAAdapter) -> None:
-    """Makes `adapter` the child `lora` of `module` and routes the module's output (Linear, Conv2d: a forward hook)
-    or its shared weight (TiedMaskedWeight.shared_weight reads the child) through it."""
-    if ATTRIBUTE in module._modules or hasattr(module, ATTRIBUTE):
+    """Makes `adapter` the child `lora` of `module` and routes through it the module's output (Linear, Conv2d: a
+    forward hook) or its shared weight (TiedMaskedWeight: the adapter goes into its weight-update slot)."""
+    if hasattr(module, ATTRIBUTE):
         raise ValueError(f"module {adapter.name!r} already has an attribute {ATTRIBUTE!r}")
+    if adapter.kind == "tied":
+        module.set_weight_update(ATTRIBUTE, adapter)
+        return
     setattr(module, ATTRIBUTE, adapter)
     # The hook is the adapter's bound method, so copy.deepcopy and pickling of the model carry it along.
     if adapter.kind == "linear":
@@ -51,5 +54,9 @@ def attach(module: nn.Module, adapter: LoRAAdapter) -> None:
 
 
 def adapter_of(module: nn.Module) -> LoRAAdapter | None:
-    child = module._modules.get(ATTRIBUTE)
-    return child if isinstance(child, LoRAAdapter) else None
+    """The adapter of `module`, or None: a TiedMaskedWeight's weight update when it is a LoRAAdapter, otherwise the
+    module's LoRAAdapter child (the one whose forward hook attach registered)."""
+    if isinstance(module, TiedMaskedWeight):
+        update = module.weight_update
+        return update if isinstance(update, LoRAAdapter) else None
+    return next((child for child in module.children() if isinstance(child, LoRAAdapter)), None)

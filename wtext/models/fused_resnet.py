@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wtext.nn import autocast_dtype
+from wtext.nn import TiedMaskedWeight, autocast_dtype
 
 from .resnet import TiedResNet
 
@@ -38,9 +38,16 @@ def fusion_problem(members: Sequence[nn.Module]) -> str | None:
             return f"member {index} is a {type(model).__name__}; only weight-tied TiedResNets can be fused"
         if model.config.deq is not None:
             return f"member {index} is a DEQ twin (its solver runs a data-dependent number of steps)"
-        adapted = [name for name, _ in model.named_modules() if "lora" in name.split(".")]
-        if adapted:
-            return f"member {index} carries LoRA adapters ({adapted[0]}); fused forwards read the plain weights"
+        updated = [name for name, module in model.named_modules()
+                   if isinstance(module, TiedMaskedWeight) and module.weight_update is not None]
+        if updated:
+            return (f"member {index} is adapted: its tied weight {updated[0]} holds a weight update (a LoRA adapter, "
+                    f"for one); fused members are plain models")
+        hooked = [name or "(the model)" for name, module in model.named_modules()
+                  if not isinstance(module, TiedMaskedWeight) and any(map(len, _call_hooks(module)))]
+        if hooked:
+            return (f"member {index}'s module {hooked[0]} has hooks (a LoRA adapter of an nn.Conv2d or nn.Linear "
+                    f"is a forward hook), which a fused forward would skip: it reads that module's weights directly")
     first = shape_of(members[0].config)
     for index, model in enumerate(members[1:], start=1):
         other = shape_of(model.config)
@@ -49,6 +56,12 @@ def fusion_problem(members: Sequence[nn.Module]) -> str | None:
             return (f"member {index} has another architecture than member 0 ("
                     + ", ".join(f"{k}={other[k]!r} vs {first[k]!r}" for k in differing) + ")")
     return None
+
+
+def _call_hooks(module: nn.Module) -> tuple[dict, ...]:
+    """The hooks that calling the module runs. A fused forward calls only the members' tied weights and reads every
+    other module's parameters directly, so these hooks would not run."""
+    return (module._forward_pre_hooks, module._forward_hooks, module._backward_pre_hooks, module._backward_hooks)
 
 
 def shape_of(config) -> dict:

@@ -20,8 +20,9 @@ class TiedMaskedWeight(nn.Module):
     tuple, and `view(views, l)` picks the weight for application l. The state_dict holds the weight only: masks are
     regenerated from the spec and seed.
     With `use_reference = True` the masks come from the plain-PyTorch mask function instead of the op (same math).
-    An adapter attached as the child module `lora` (wtext.lora.inject) updates the shared weight before the masks:
-    every application then masks W' = W + ΔW (see shared_weight), so an adapted model stays tied.
+    A weight update held in the slot `weight_update` (set by wtext.lora.inject through set_weight_update) changes
+    the shared weight before the masks: every application then masks W' = W + ΔW (see shared_weight), so an
+    adapted model stays tied. The slot is the only link from this module to its update.
     """
 
     def __init__(self, shape, applications: int, spec: MaskSpec, seed_offset: int):
@@ -33,6 +34,8 @@ class TiedMaskedWeight(nn.Module):
         self.spec = spec
         self.seed = spec.seed + seed_offset
         self.use_reference = False
+        # The weight-update slot: set_weight_update / remove_weight_update, read by shared_weight.
+        self._weight_update: nn.Module | None = None
         if spec.pattern == "nm" and spec.masked and (math.prod(shape) // shape[0]) % spec.nm[1]:
             raise ValueError(f"nm M={spec.nm[1]} must divide the reduction dimension {math.prod(shape) // shape[0]} "
                              f"of a weight of shape {tuple(shape)}")
@@ -42,11 +45,46 @@ class TiedMaskedWeight(nn.Module):
     def views(self) -> int:
         return self.applications if self.spec.mode == "multi" else 1
 
+    @property
+    def weight_update(self) -> nn.Module | None:
+        """The module in the weight-update slot, or None: its adapt_weight(W) gives the weight the masks apply to."""
+        return self._weight_update
+
+    def set_weight_update(self, name: str, update: nn.Module) -> None:
+        """Puts `update` in the weight-update slot and registers it as the child `name`, so that its parameters
+        follow the module (.to, .parameters()) and its state_dict entries are `<this module>.<name>.*`.
+
+        update.adapt_weight(W) takes the stored weight W [*shape] and returns the weight of the same shape that
+        every application masks (W itself when the update is folded into W). The slot holds one update."""
+        if not isinstance(update, nn.Module) or not callable(getattr(update, "adapt_weight", None)):
+            raise TypeError(f"a weight update must be an nn.Module with a method adapt_weight(weight); got "
+                            f"{type(update).__name__}")
+        if self._weight_update is not None:
+            raise ValueError(f"this TiedMaskedWeight already has a weight update "
+                             f"({type(self._weight_update).__name__}); remove_weight_update() first")
+        if hasattr(self, name):
+            raise ValueError(f"cannot register the weight update as {name!r}: the TiedMaskedWeight already has an "
+                             f"attribute {name!r}")
+        self.add_module(name, update)
+        # Not Module.__setattr__: it would register the update a second time, as the child `_weight_update`, and
+        # add state_dict keys under that name.
+        object.__setattr__(self, "_weight_update", update)
+
+    def remove_weight_update(self) -> nn.Module:
+        """Empties the weight-update slot, unregisters the update's child, and returns the update."""
+        update = self._weight_update
+        if update is None:
+            raise ValueError("this TiedMaskedWeight has no weight update to remove")
+        for name in [name for name, child in self._modules.items() if child is update]:
+            del self._modules[name]
+        self._weight_update = None
+        return update
+
     def shared_weight(self) -> torch.Tensor:
-        """The weight every application masks, of `shape`: the stored W, or W + ΔW while an adapter is attached as
-        `self.lora` and not merged into W (its adapt_weight(W) returns W' = W + ΔW, or W itself once merged)."""
-        adapter = self._modules.get("lora")
-        return self.weight if adapter is None else adapter.adapt_weight(self.weight)
+        """The weight every application masks, of `shape`: the stored W, or update.adapt_weight(W) while the
+        weight-update slot holds an update (a LoRA adapter gives W + ΔW, or W itself once merged into W)."""
+        update = self._weight_update
+        return self.weight if update is None else update.adapt_weight(self.weight)
 
     def forward(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         spec = self.spec
