@@ -24,7 +24,7 @@ import torch
 from timing import add_interleaving_options, interleaved_median_ms
 from wtext.nn.tied_weight import TiedMaskedWeight
 from wtext.train import TrainConfig
-from wtext.train.loop import Trainer
+from wtext.train import Trainer
 
 CPU_CASES = (("resnet-tiny", None), ("vit-tiny", None), ("resnet-tiny", "implicit"))
 CUDA_CASES = (("resnet-small", None), ("vit-small", None), ("resnet-small", "implicit"))

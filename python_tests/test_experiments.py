@@ -14,7 +14,7 @@ import torch
 from wtext.experiments import EXPERIMENTS
 from wtext.experiments.__main__ import main
 from wtext.experiments.sweep import Sweep, parse_worker
-from wtext.train.loop import Interrupted, Trainer
+from wtext.train import Interrupted, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--epochs", "1", "--train-images", "128", "--test-images", "64", "--device", "cpu", "--seeds", "2"]

@@ -9,7 +9,7 @@ import torch
 from conftest import requires_cuda
 from wtext.train import TrainConfig
 from wtext.train.graphed_step import GraphedStep, capturable_adam, fit_loaded_optimizer, portable_optimizer_state
-from wtext.train.loop import Trainer
+from wtext.train import Trainer
 
 TINY = dict(dataset="synthetic", synthetic_train=192, synthetic_test=64, epochs=1, batch_size=32, width=8, depth=2,
             progress=False)
@@ -84,7 +84,7 @@ def test_graphed_steps_train_as_eager_steps(tmp_path, bf16):
 @requires_cuda
 def test_a_graphed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
     from wtext.train import run
-    from wtext.train.loop import Interrupted
+    from wtext.train import Interrupted
 
     base = TrainConfig(**{**TINY, "epochs": 2}, device="cuda", bf16=False, cuda_graph=True)
     whole = run(dataclasses.replace(base, run_dir=str(tmp_path / "whole")))

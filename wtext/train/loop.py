@@ -30,17 +30,19 @@ class CtrlC:
     """While entered (in the main thread): the first Ctrl-C asks the driver to finish the current step, then
     checkpoint and stop (so the checkpoint is consistent); a second one stops at once (KeyboardInterrupt)."""
 
+    SIGNAL = signal.SIGINT
+
     def __init__(self, log):
         self.log, self.requested, self.previous = log, False, None
 
     def __enter__(self) -> "CtrlC":
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self.handle)
+            self.previous = signal.signal(self.SIGNAL, self.handle)
         return self
 
     def __exit__(self, *exc) -> None:
         if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+            signal.signal(self.SIGNAL, self.previous)
 
     def handle(self, signum, frame) -> None:
         if self.requested:
