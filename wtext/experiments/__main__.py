@@ -23,8 +23,7 @@ from pathlib import Path
 
 from wtext.data.datasets import DATASETS
 from wtext.models import PRESETS
-
-from wtext.train.loop import Interrupted, NonFiniteLoss
+from wtext.train import Interrupted, NonFiniteLoss
 
 from .definitions import EXPERIMENTS, SCALES
 from .sweep import PlanShown, Sweep, WorkerFinished, parse_worker
