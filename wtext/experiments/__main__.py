@@ -23,7 +23,6 @@ from pathlib import Path
 
 from wtext.data.datasets import DATASETS
 from wtext.models import PRESETS
-
 from wtext.train import Interrupted, NonFiniteLoss
 
 from .definitions import EXPERIMENTS, SCALES

@@ -1,0 +1,80 @@
+"""What an experiment measures once its runs are trained: accuracies and times from each run's metrics, and, from a
+run reloaded from its checkpoint, the CKA between its tied applications and the Hamming distance between their
+masks.
+
+A result is what the sweep returns per (run, seed): {"seed", "config", "summary", "metrics"}; results maps a run's
+name to its results in seed order.
+"""
+
+import statistics
+from pathlib import Path
+
+import torch
+
+from wtext.analysis import cka_matrix
+from wtext.data import DatasetCache, DeviceLoader
+from wtext.nn.mask_overlap import consecutive_hamming
+from wtext.nn.tied_weight import TiedMaskedWeight
+from wtext.train import TrainConfig
+from wtext.train.checkpoint import load_checkpoint
+from wtext.train.model_builder import model_for
+
+
+def final_accuracies(results: dict, name: str) -> list[float]:
+    """The run's final test accuracy per seed (the last epoch's: nothing is selected on the test set)."""
+    return [r["summary"]["final_test_accuracy"] for r in results[name]]
+
+
+def best_accuracies(results: dict, name: str) -> list[float]:
+    return [r["summary"]["best_test_accuracy"] for r in results[name]]
+
+
+def epoch_seconds(result: dict) -> float:
+    """Mean training time of the run's epochs, in seconds."""
+    return statistics.mean(m["time_s"] for m in result["metrics"])
+
+
+def mean_metric(result: dict, key: str) -> float:
+    """Mean of a per-epoch metric over the epochs that have it (nan where none has, e.g. a weight-tied run's solver
+    steps)."""
+    values = [m[key] for m in result["metrics"] if key in m]
+    return statistics.mean(values) if values else float("nan")
+
+
+def trained_run(result: dict, datasets: DatasetCache):
+    """(config, model with the run's trained weights, data) of a finished run. datasets: shared by the runs of an
+    experiment, so each distinct data set is loaded once."""
+    config = TrainConfig(**{**result["config"], "progress": False})
+    data = datasets(config.dataset, config.data_dir, synthetic_train=config.synthetic_train,
+                    synthetic_test=config.synthetic_test, seed=config.seed)
+    model = model_for(config, data.num_classes)
+    model.load_state_dict(load_checkpoint(Path(config.run_dir) / "checkpoint.pt")["model"])
+    return config, model, data
+
+
+def cka_of_run(result: dict, log, datasets: DatasetCache) -> tuple[list[str], torch.Tensor]:
+    """Minibatch linear CKA between every pair of tied applications of a trained run (its checkpoint)."""
+    config, model, data = trained_run(result, datasets)
+    return cka_of_model(model, data, config, log)
+
+
+def cka_of_model(model, data, config: TrainConfig, log) -> tuple[list[str], torch.Tensor]:
+    """The representations' names and their (n, n) CKA matrix, on at most 20 test batches of 128 images."""
+    loader = DeviceLoader(data.test, 128, data.mean, data.std, train=False)
+    log(f"CKA of {config.run_dir} on {len(data.test)} test images")
+    return cka_matrix(model, loader.epoch(0), max_batches=20)
+
+
+def off_diagonal_mean(matrix: torch.Tensor) -> float:
+    """Mean of an (n, n) matrix's entries off its diagonal."""
+    count = matrix.shape[0]
+    return ((matrix.sum() - matrix.diagonal().sum()) / (count * count - count)).item()
+
+
+def mask_hamming(model, config: TrainConfig) -> float:
+    """Measured mean fraction of weights whose mask differs between consecutive applications, over the model's tied
+    weights (masks regenerated from the run's spec)."""
+    tied = [module for module in model.modules() if isinstance(module, TiedMaskedWeight)]
+    if not tied:
+        raise ValueError(f"mask-overlap needs a model with tied weights; {config.model} has none (drop --model)")
+    return statistics.mean(consecutive_hamming(module.application_masks()) for module in tied)

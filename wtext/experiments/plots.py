@@ -1,0 +1,74 @@
+"""The PNG plots of the experiments: per-seed values drawn as their mean with the sample std as error bars.
+
+A plot is a value that report() saves into the results directory once results.json is written: Plot for one axis
+that an experiment draws on, CkaMaps for the heat maps of CKA matrices.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .measures import final_accuracies
+from .statistics import mean_std
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: plots are files, never windows. Imported on first use, so commands that
+    draw nothing do not need it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+@dataclass
+class Plot:
+    """file: a 6 x 4 inch, 100 dpi PNG of one grid-lined axis on which draw(axis) draws."""
+    file: str
+    draw: Callable
+
+    def save(self, out_dir: Path) -> None:
+        plt = pyplot()
+        figure, axis = plt.subplots(figsize=(6, 4))
+        self.draw(axis)
+        axis.grid(alpha=0.3)
+        figure.tight_layout()
+        figure.savefig(out_dir / self.file, dpi=100)
+        plt.close(figure)
+
+
+@dataclass
+class CkaMaps:
+    """file: one heat map per run of its CKA matrix, on a shared 0..1 colour bar. matrices: run name ->
+    {"cka": n x n nested lists}."""
+    file: str
+    matrices: dict
+
+    def save(self, out_dir: Path) -> None:
+        plt = pyplot()
+        figure, axes = plt.subplots(1, len(self.matrices), figsize=(4.5 * len(self.matrices), 4))
+        for axis, (name, entry) in zip(axes, self.matrices.items()):
+            image = axis.imshow(entry["cka"], vmin=0, vmax=1, cmap="magma")
+            axis.set(title=name, xlabel="application", ylabel="application")
+        figure.colorbar(image, ax=list(axes), shrink=0.8)
+        figure.savefig(out_dir / self.file, dpi=100)
+        plt.close(figure)
+
+
+def draw_bars(axis, labels: list[str], per_seed: list[list[float]], colors=None) -> None:
+    """Bars of the mean over seeds with the sample std as error bars."""
+    means, stds = zip(*(mean_std(values) for values in per_seed))
+    axis.bar(range(len(labels)), means, yerr=stds, capsize=4, color=colors)
+    axis.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)
+
+
+def draw_accuracy_curves(axis, results: dict, curves: dict[str, list[str]], x: str) -> None:
+    """Final test accuracy against the config field x: one line per curve (label -> the names of its runs) through
+    each run's mean over seeds, with the sample std as error bars."""
+    for label, names in curves.items():
+        xs = [results[name][0]["config"][x] for name in names]
+        means, stds = zip(*(mean_std(final_accuracies(results, name)) for name in names))
+        axis.errorbar(xs, means, yerr=stds, fmt="o-", capsize=4, label=label)
+    axis.legend()
