@@ -11,7 +11,8 @@
 //     masked_layer/layer_autograd.cpp for the mask arguments every masked layer op shares),
 //   - the Python front end (wtext/ops/masked.py).
 // The fake kernels (wtext/ops/fake.py) and the Python autograd formulas (wtext/ops/autograd.py) pass the arguments on
-// without naming them one by one, and need no edit.
+// without counting them (the formulas by the schema's names), so they need an edit only when a tensor argument or
+// output_mask changes.
 #pragma once
 
 #include <ATen/ATen.h>
