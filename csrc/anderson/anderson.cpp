@@ -31,25 +31,25 @@
 
 namespace wtext {
 
-AndersonStepParams check_anderson_step(const at::Tensor& x, const at::Tensor& fx, const at::Tensor& g_history,
-                                       const at::Tensor& f_history, const at::Tensor& gram, int64_t step, double lam,
-                                       double beta) {
+void check_anderson_step(const at::Tensor& x, const at::Tensor& fx, const at::Tensor& g_history,
+                         const at::Tensor& f_history, const at::Tensor& gram, int64_t step, double lam, double beta) {
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
               "anderson_step: x must be float32 or float64; got x.dtype=", x.scalar_type());
-  TORCH_CHECK(x.dim() == 2, "anderson_step: x must have shape [B, d]; got x.shape=", x.sizes());
-  TORCH_CHECK(g_history.dim() == 3 && g_history.size(0) == x.size(0) && g_history.size(2) == x.size(1),
-              "anderson_step: g_history must have shape [B, m, d] = [", x.size(0), ", m, ", x.size(1),
-              "]; got g_history.shape=", g_history.sizes());
-  const int64_t window = g_history.size(1);
+  TORCH_CHECK(x.dim() == 2, "anderson_step: x must have shape [B, d]; got x.shape=", x.sym_sizes());
+  TORCH_CHECK(g_history.dim() == 3 && g_history.sym_size(0) == x.sym_size(0) && g_history.sym_size(2) == x.sym_size(1),
+              "anderson_step: g_history must have shape [B, m, d] = [", x.sym_size(0), ", m, ", x.sym_size(1),
+              "]; got g_history.shape=", g_history.sym_sizes());
+  const c10::SymInt window = g_history.sym_size(1);
   TORCH_CHECK(window >= 1 && window <= kMaxAndersonWindow, "anderson_step: the window m must be in [1, ",
               kMaxAndersonWindow, "]; got m=", window);
-  TORCH_CHECK(fx.sizes() == x.sizes(), "anderson_step: fx must have x's shape ", x.sizes(), "; got fx.shape=",
-              fx.sizes());
-  TORCH_CHECK(f_history.sizes() == g_history.sizes(), "anderson_step: f_history must have g_history's shape ",
-              g_history.sizes(), "; got f_history.shape=", f_history.sizes());
-  TORCH_CHECK(gram.dim() == 3 && gram.size(0) == x.size(0) && gram.size(1) == window && gram.size(2) == window,
-              "anderson_step: gram must have shape [B, m, m] = [", x.size(0), ", ", window, ", ", window,
-              "]; got gram.shape=", gram.sizes());
+  TORCH_CHECK(fx.sym_sizes() == x.sym_sizes(), "anderson_step: fx must have x's shape ", x.sym_sizes(),
+              "; got fx.shape=", fx.sym_sizes());
+  TORCH_CHECK(f_history.sym_sizes() == g_history.sym_sizes(), "anderson_step: f_history must have g_history's shape ",
+              g_history.sym_sizes(), "; got f_history.shape=", f_history.sym_sizes());
+  TORCH_CHECK(gram.dim() == 3 && gram.sym_size(0) == x.sym_size(0) && gram.sym_size(1) == window &&
+                  gram.sym_size(2) == window,
+              "anderson_step: gram must have shape [B, m, m] = [", x.sym_size(0), ", ", window, ", ", window,
+              "]; got gram.shape=", gram.sym_sizes());
   const std::pair<const char*, const at::Tensor*> others[] = {
       {"fx", &fx}, {"g_history", &g_history}, {"f_history", &f_history}, {"gram", &gram}};
   for (const auto& [name, tensor] : others) {
@@ -65,25 +65,34 @@ AndersonStepParams check_anderson_step(const at::Tensor& x, const at::Tensor& fx
   TORCH_CHECK(step >= 0, "anderson_step: step must be >= 0; got step=", step);
   TORCH_CHECK(lam >= 0 && std::isfinite(lam), "anderson_step: lam must be a finite number >= 0; got lam=", lam);
   TORCH_CHECK(beta > 0 && beta <= 1, "anderson_step: beta must be in (0, 1]; got beta=", beta);
+}
 
+AndersonStepParams anderson_step_params(const at::Tensor& x, const at::Tensor& g_history, int64_t step, double lam,
+                                        double beta) {
   AndersonStepParams params;
   params.batch = x.size(0);
   params.dim = x.size(1);
-  params.window = window;
-  params.slot = step % window;
-  params.valid = std::min<int64_t>(step + 1, window);
+  params.window = g_history.size(1);
+  params.slot = step % params.window;
+  params.valid = std::min<int64_t>(step + 1, params.window);
   params.lam = lam;
   params.beta = beta;
   return params;
 }
 
-TrackerOptions check_anderson_tracker(const at::Tensor& x, const AndersonTrackerTensors& tracker, int64_t step,
-                                      double tol, bool relative, double divergence_ratio) {
-  const int64_t batch = x.size(0);
+void check_anderson_tracked_step(const at::Tensor& x, const at::Tensor& fx, const at::Tensor& g_history,
+                                 const at::Tensor& f_history, const at::Tensor& gram, const at::Tensor& previous_x,
+                                 const at::Tensor& best, const at::Tensor& best_pending, const at::Tensor& lowest,
+                                 const at::Tensor& first, const at::Tensor& steps, const at::Tensor& active,
+                                 const at::Tensor& diverged, const at::Tensor& nonfinite, const at::Tensor& trace,
+                                 int64_t step, double lam, double beta, double tol, bool /*relative*/,
+                                 double divergence_ratio) {
+  check_anderson_step(x, fx, g_history, f_history, gram, step, lam, beta);
+  const c10::SymInt batch = x.sym_size(0);
   const auto check = [&](const at::Tensor& tensor, const char* name, at::ScalarType dtype,
-                         std::initializer_list<int64_t> shape) {
-    TORCH_CHECK(tensor.sizes() == at::IntArrayRef(shape), "anderson_tracked_step: ", name, " must have shape ",
-                at::IntArrayRef(shape), "; got ", name, ".shape=", tensor.sizes());
+                         std::initializer_list<c10::SymInt> shape) {
+    TORCH_CHECK(tensor.sym_sizes() == c10::SymIntArrayRef(shape), "anderson_tracked_step: ", name, " must have shape ",
+                c10::SymIntArrayRef(shape), "; got ", name, ".shape=", tensor.sym_sizes());
     TORCH_CHECK(tensor.scalar_type() == dtype, "anderson_tracked_step: ", name, " must have dtype ", dtype, "; got ",
                 name, ".dtype=", tensor.scalar_type());
     TORCH_CHECK(tensor.device() == x.device(), "anderson_tracked_step: ", name, " must be on x's device ", x.device(),
@@ -92,26 +101,30 @@ TrackerOptions check_anderson_tracker(const at::Tensor& x, const AndersonTracker
                 " must be contiguous (it is updated in place)");
   };
   const at::ScalarType real = x.scalar_type();
-  TORCH_CHECK(tracker.previous.sizes() == x.sizes() && tracker.previous.scalar_type() == real &&
-                  tracker.previous.device() == x.device(),
-              "anderson_tracked_step: previous_x must be like x (shape ", x.sizes(), ", ", real, ", on ", x.device(),
-              "); got previous_x.shape=", tracker.previous.sizes(), ", ", tracker.previous.scalar_type(), ", on ",
-              tracker.previous.device());
-  check(tracker.best, "best", real, {batch, x.size(1)});
-  check(tracker.best_pending, "best_pending", at::kBool, {batch});
-  check(tracker.lowest, "lowest", real, {batch});
-  check(tracker.first, "first", real, {batch});
-  check(tracker.steps, "steps", at::kLong, {batch});
-  check(tracker.active, "active", at::kBool, {batch});
-  check(tracker.diverged, "diverged", at::kBool, {batch});
-  check(tracker.nonfinite, "nonfinite", at::kBool, {batch});
-  TORCH_CHECK(tracker.trace.dim() == 2 && tracker.trace.size(1) > step,
+  TORCH_CHECK(previous_x.sym_sizes() == x.sym_sizes() && previous_x.scalar_type() == real &&
+                  previous_x.device() == x.device(),
+              "anderson_tracked_step: previous_x must be like x (shape ", x.sym_sizes(), ", ", real, ", on ",
+              x.device(), "); got previous_x.shape=", previous_x.sym_sizes(), ", ", previous_x.scalar_type(), ", on ",
+              previous_x.device());
+  check(best, "best", real, {batch, x.sym_size(1)});
+  check(best_pending, "best_pending", at::kBool, {batch});
+  check(lowest, "lowest", real, {batch});
+  check(first, "first", real, {batch});
+  check(steps, "steps", at::kLong, {batch});
+  check(active, "active", at::kBool, {batch});
+  check(diverged, "diverged", at::kBool, {batch});
+  check(nonfinite, "nonfinite", at::kBool, {batch});
+  TORCH_CHECK(trace.dim() == 2 && trace.sym_size(1) > step,
               "anderson_tracked_step: trace must have shape [B, max_iter] with max_iter > step=", step,
-              "; got trace.shape=", tracker.trace.sizes());
-  check(tracker.trace, "trace", real, {batch, tracker.trace.size(1)});
+              "; got trace.shape=", trace.sym_sizes());
+  check(trace, "trace", real, {batch, trace.sym_size(1)});
   TORCH_CHECK(tol > 0, "anderson_tracked_step: tol must be > 0; got tol=", tol);
   TORCH_CHECK(divergence_ratio > 1, "anderson_tracked_step: divergence_ratio must be > 1; got divergence_ratio=",
               divergence_ratio);
+}
+
+TrackerOptions tracker_options(const AndersonTrackerTensors& tracker, int64_t step, double tol, bool relative,
+                               double divergence_ratio) {
   TrackerOptions options;
   options.step = step;
   options.trace_len = tracker.trace.size(1);

@@ -8,7 +8,7 @@
 
 namespace wtext {
 
-// What the kernels of one step need; filled by check_anderson_step.
+// What the kernels of one step need; filled by anderson_step_params.
 struct AndersonStepParams {
   int64_t batch = 0;
   int64_t dim = 0;     // flattened state size per sample
@@ -19,10 +19,22 @@ struct AndersonStepParams {
   double beta = 1.0;
 };
 
-// Validates shapes, dtypes and devices (errors name the argument and the value) and returns the step's params.
-AndersonStepParams check_anderson_step(const at::Tensor& x, const at::Tensor& fx, const at::Tensor& g_history,
-                                       const at::Tensor& f_history, const at::Tensor& gram, int64_t step, double lam,
-                                       double beta);
+// The argument checks of anderson_step and anderson_tracked_step, each taking its op's arguments: shapes, dtypes,
+// devices, layouts and options (errors name the argument and the value). They read no data and take symbolic sizes,
+// so the fake kernels (wtext/ops/fake.py) call them too.
+void check_anderson_step(const at::Tensor& x, const at::Tensor& fx, const at::Tensor& g_history,
+                         const at::Tensor& f_history, const at::Tensor& gram, int64_t step, double lam, double beta);
+void check_anderson_tracked_step(const at::Tensor& x, const at::Tensor& fx, const at::Tensor& g_history,
+                                 const at::Tensor& f_history, const at::Tensor& gram, const at::Tensor& previous_x,
+                                 const at::Tensor& best, const at::Tensor& best_pending, const at::Tensor& lowest,
+                                 const at::Tensor& first, const at::Tensor& steps, const at::Tensor& active,
+                                 const at::Tensor& diverged, const at::Tensor& nonfinite, const at::Tensor& trace,
+                                 int64_t step, double lam, double beta, double tol, bool relative,
+                                 double divergence_ratio);
+
+// The step's params, for arguments check_anderson_step has passed.
+AndersonStepParams anderson_step_params(const at::Tensor& x, const at::Tensor& g_history, int64_t step, double lam,
+                                        double beta);
 
 // The tracker tensors of anderson_tracked_step (see anderson_track.h), in the order of the schema.
 struct AndersonTrackerTensors {
@@ -40,9 +52,9 @@ TrackerState<real_t> tracker_state(const AndersonTrackerTensors* tracker) {
           tracker->nonfinite.mutable_data_ptr<bool>(), tracker->trace.mutable_data_ptr<real_t>()};
 }
 
-// Checks the tracker tensors and options against x (errors name the argument) and returns the step's options.
-TrackerOptions check_anderson_tracker(const at::Tensor& x, const AndersonTrackerTensors& tracker, int64_t step,
-                                      double tol, bool relative, double divergence_ratio);
+// The step's tracking options, for arguments check_anderson_tracked_step has passed.
+TrackerOptions tracker_options(const AndersonTrackerTensors& tracker, int64_t step, double tol, bool relative,
+                               double divergence_ratio);
 
 // A backend's step: the kernels of both ops for already-checked arguments; tracker == nullptr is anderson_step.
 using AndersonStepRunner = at::Tensor (*)(const AndersonStepParams& params, const at::Tensor& x, const at::Tensor& fx,
@@ -54,7 +66,8 @@ template <AndersonStepRunner run>
 void register_anderson_ops(torch::Library& m) {
   m.impl("anderson_step", [](const at::Tensor& x, const at::Tensor& fx, at::Tensor& g_history, at::Tensor& f_history,
                              at::Tensor& gram, int64_t step, double lam, double beta) {
-    const AndersonStepParams params = check_anderson_step(x, fx, g_history, f_history, gram, step, lam, beta);
+    check_anderson_step(x, fx, g_history, f_history, gram, step, lam, beta);
+    const AndersonStepParams params = anderson_step_params(x, g_history, step, lam, beta);
     return run(params, x, fx, g_history, f_history, gram, nullptr, TrackerOptions{});
   });
   m.impl("anderson_tracked_step",
@@ -63,10 +76,13 @@ void register_anderson_ops(torch::Library& m) {
             at::Tensor& first, at::Tensor& steps, at::Tensor& active, at::Tensor& diverged, at::Tensor& nonfinite,
             at::Tensor& trace, int64_t step, double lam, double beta, double tol, bool relative,
             double divergence_ratio) {
-           const AndersonStepParams params = check_anderson_step(x, fx, g_history, f_history, gram, step, lam, beta);
+           check_anderson_tracked_step(x, fx, g_history, f_history, gram, previous_x, best, best_pending, lowest, first,
+                                       steps, active, diverged, nonfinite, trace, step, lam, beta, tol, relative,
+                                       divergence_ratio);
+           const AndersonStepParams params = anderson_step_params(x, g_history, step, lam, beta);
            const AndersonTrackerTensors tracker{previous_x.contiguous(), best, best_pending, lowest, first, steps,
                                                 active, diverged, nonfinite, trace};
-           const TrackerOptions options = check_anderson_tracker(x, tracker, step, tol, relative, divergence_ratio);
+           const TrackerOptions options = tracker_options(tracker, step, tol, relative, divergence_ratio);
            return run(params, x, fx, g_history, f_history, gram, &tracker, options);
          });
 }

@@ -10,30 +10,42 @@
 
 namespace wtext {
 
-MaskPattern parse_pattern(const std::string& pattern) {
+MaskPattern parse_pattern(c10::string_view pattern) {
   if (pattern == "bernoulli") return MaskPattern::kBernoulli;
   if (pattern == "exact") return MaskPattern::kExact;
   if (pattern == "nm") return MaskPattern::kNM;
   TORCH_CHECK(false, "pattern must be one of 'bernoulli', 'exact', 'nm'; got pattern='", pattern, "'");
 }
 
-void check_mask_arguments(const at::Tensor& weight, double density, MaskPattern pattern, int64_t nm_n,
-                          int64_t nm_m) {
+void check_mask_plan(const at::Tensor& weight, at::IntArrayRef layers, double density, c10::string_view pattern,
+                     int64_t nm_n, int64_t nm_m, c10::string_view mode) {
+  TORCH_CHECK(mode == "dense" || mode == "same" || mode == "multi",
+              "mode must be one of 'dense', 'same', 'multi'; got mode='", mode, "'");
+  const MaskPattern parsed = parse_pattern(pattern);
   TORCH_CHECK(at::isFloatingType(weight.scalar_type()),
               "weight must have a floating-point dtype (float64, float32, float16 or bfloat16); got weight.dtype=",
               weight.scalar_type());
   TORCH_CHECK(weight.dim() >= 2, "weight must have rank >= 2 ([out, in, ...]); got weight.dim()=", weight.dim(),
-              " with shape ", weight.sizes());
+              " with shape ", weight.sym_sizes());
   TORCH_CHECK(std::isfinite(density) && density > 0.0 && density <= 1.0, "density must be in (0, 1]; got density=",
               density);
-  TORCH_CHECK(static_cast<uint64_t>(weight.numel()) < (1ULL << 32),
-              "weight must have fewer than 2^32 elements for masking; got weight.numel()=", weight.numel());
-  if (pattern == MaskPattern::kNM) {
+  // A symbolic numel (under torch.compile) is left to the kernel: comparing it would add a guard to every compiled
+  // call.
+  if (const std::optional<int64_t> numel = weight.sym_numel().maybe_as_int()) {
+    TORCH_CHECK(static_cast<uint64_t>(*numel) < (1ULL << 32),
+                "weight must have fewer than 2^32 elements for masking; got weight.numel()=", *numel);
+  }
+  if (parsed == MaskPattern::kNM) {
     TORCH_CHECK(nm_m >= 1 && nm_m <= 64, "nm M must be in [1, 64]; got M=", nm_m);
     TORCH_CHECK(nm_n >= 1 && nm_n <= nm_m, "nm N must be in [1, M]; got N=", nm_n, " with M=", nm_m);
-    const int64_t reduction = weight.size(0) == 0 ? 0 : weight.numel() / weight.size(0);
+    const c10::SymInt rows = weight.sym_size(0);
+    const c10::SymInt reduction = rows == 0 ? c10::SymInt(0) : weight.sym_numel() / rows;
     TORCH_CHECK(reduction % nm_m == 0, "nm M must divide the reduction dimension (numel / shape[0] = ", reduction,
-                " for weight shape ", weight.sizes(), "); got M=", nm_m);
+                " for weight shape ", weight.sym_sizes(), "); got M=", nm_m);
+  }
+  TORCH_CHECK(!layers.empty(), "layers must name at least one layer; got an empty list");
+  for (int64_t layer : layers) {
+    TORCH_CHECK(layer >= 0, "layer must be >= 0; got layer=", layer);
   }
 }
 
@@ -55,9 +67,9 @@ uint64_t rank_bucket(uint64_t rank_key, int bits) { return rank_key >> (63 - bit
 
 // The k-th smallest (k = keep >= 1) of the layer's numel rank keys, by a radix selection: one pass counts the keys
 // per bucket of their top bits, a second collects the keys of the one bucket that holds the k-th smallest, and the
-// selection runs over those alone. Holding all numel keys instead (8 bytes each) threw std::bad_alloc from 2^31
-// elements (16 GiB), below the 2^32 that masks support; this holds a histogram and about numel / 2^16 keys, and
-// gives the same key, so every threshold, hence every mask, is unchanged. Both passes run in parallel.
+// selection runs over those alone. It holds a histogram and about numel / 2^16 keys, where a selection over all
+// numel keys (8 bytes each) would need 32 GiB at the 2^32 elements masks support, and it gives the same key. Both
+// passes run in parallel.
 uint64_t kth_smallest_rank_key(uint64_t key, int64_t numel, uint64_t keep) {
   // Buckets of ~16 keys for small weights, 2^16 buckets (a 512 KiB histogram per thread) from 2^20 elements on.
   int bits = 1;
@@ -127,16 +139,8 @@ LayerMask make_layer_mask(uint64_t seed, int64_t layer, double density, MaskPatt
 }  // namespace
 
 TiedMaskPlan plan_tied_masks(const at::Tensor& weight, at::IntArrayRef layers, int64_t seed, double density,
-                             const std::string& pattern, int64_t nm_n, int64_t nm_m, const std::string& mode) {
-  TORCH_CHECK(mode == "dense" || mode == "same" || mode == "multi",
-              "mode must be one of 'dense', 'same', 'multi'; got mode='", mode, "'");
+                             c10::string_view pattern, int64_t nm_n, int64_t nm_m, c10::string_view mode) {
   const MaskPattern parsed = parse_pattern(pattern);
-  check_mask_arguments(weight, density, parsed, nm_n, nm_m);
-  TORCH_CHECK(!layers.empty(), "layers must name at least one layer; got an empty list");
-  for (int64_t layer : layers) {
-    TORCH_CHECK(layer >= 0, "layer must be >= 0; got layer=", layer);
-  }
-
   TiedMaskPlan plan;
   plan.pattern = mode == "dense" ? MaskPattern::kNone : parsed;
   const int64_t numel = weight.numel();

@@ -35,7 +35,7 @@ struct TiedMaskParams {
 };
 
 // Memory offset of logical element i (row-major [out, in, kh, kw] index) in the params' stored layout. The
-// arithmetic is 32-bit (weights have fewer than 2^32 elements, see check_mask_arguments): a 64-bit division costs
+// arithmetic is 32-bit (weights have fewer than 2^32 elements, see check_mask_plan): a 64-bit division costs
 // several times more on a GPU.
 WTEXT_HD int64_t stored_offset(const TiedMaskParams& params, int64_t i) {
   if (params.channels_last_in == 0) return i;
@@ -61,15 +61,18 @@ struct TiedMaskPlan {
 };
 
 // "bernoulli" | "exact" | "nm"; anything else is an error naming the value.
-MaskPattern parse_pattern(const std::string& pattern);
+MaskPattern parse_pattern(c10::string_view pattern);
 
-// Checks density, N:M shape and the weight (floating dtype, rank >= 2, N:M divisibility); errors name the
-// argument and the bad value.
-void check_mask_arguments(const at::Tensor& weight, double density, MaskPattern pattern, int64_t nm_n, int64_t nm_m);
+// The checks of a mask request, in every op that takes one: mode ("dense" | "same" | "multi"), pattern, the weight
+// (floating dtype, rank >= 2, fewer than 2^32 elements), density, the N:M shape and its divisibility, the layers.
+// Errors name the argument and the bad value. Only the weight's metadata is read, sizes as SymInts, so the fake
+// kernels run these checks as they are, under torch.compile too.
+void check_mask_plan(const at::Tensor& weight, at::IntArrayRef layers, double density, c10::string_view pattern,
+                     int64_t nm_n, int64_t nm_m, c10::string_view mode);
 
-// Builds the per-layer constants for `layers` under `mode` ("dense" | "same" | "multi").
+// Builds the per-layer constants for `layers` under `mode`; the arguments must have passed check_mask_plan.
 TiedMaskPlan plan_tied_masks(const at::Tensor& weight, at::IntArrayRef layers, int64_t seed, double density,
-                             const std::string& pattern, int64_t nm_n, int64_t nm_m, const std::string& mode);
+                             c10::string_view pattern, int64_t nm_n, int64_t nm_m, c10::string_view mode);
 
 }  // namespace wtext
 

@@ -1,8 +1,8 @@
 // Autocast kernels of the masked layer ops: inside torch.autocast they compute in the autocast dtype, as F.conv2d
 // and F.linear do (both are on PyTorch's lower-precision lists for CUDA and CPU).
 //
-// Without them the dispatcher passed straight through the autocast keys, so a float32 x kept the whole layer in
-// float32 inside a bf16 autocast region, where the same layer built from F.conv2d would have run in bf16.
+// Without them the dispatcher would pass straight through the autocast keys, and a float32 x would keep the whole
+// layer in float32 inside a bf16 autocast region, where the same layer built from F.conv2d runs in bf16.
 //
 // Only x is cast. The ops write the masked weight directly in x's dtype (one fused mask+cast kernel) and cast the
 // bias themselves, so a float32 master weight needs no cast of its own; float64 and non-floating x are left alone,

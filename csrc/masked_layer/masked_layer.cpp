@@ -45,28 +45,38 @@ void check_layer_inputs(const char* op, const at::Tensor& x, const at::Tensor& w
 
 void check_bias_shape(const char* op, const std::optional<at::Tensor>& bias, const at::Tensor& weight) {
   if (!bias.has_value()) return;
-  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op,
-              ": bias must have shape [out] = [", weight.size(0), "]; got bias.shape=", bias->sizes());
+  TORCH_CHECK(bias->dim() == 1 && bias->sym_size(0) == weight.sym_size(0), op,
+              ": bias must have shape [out] = [", weight.sym_size(0), "]; got bias.shape=", bias->sym_sizes());
 }
 
 void check_masked_weight(const char* op, const std::optional<at::Tensor>& masked_weight, const at::Tensor& x,
                          const at::Tensor& weight) {
   if (!masked_weight.has_value()) return;
-  TORCH_CHECK(masked_weight->sizes() == weight.sizes(), op, ": masked_weight must have weight's shape ",
-              weight.sizes(), "; got masked_weight.shape=", masked_weight->sizes());
+  TORCH_CHECK(masked_weight->sym_sizes() == weight.sym_sizes(), op, ": masked_weight must have weight's shape ",
+              weight.sym_sizes(), "; got masked_weight.shape=", masked_weight->sym_sizes());
   TORCH_CHECK(masked_weight->scalar_type() == x.scalar_type(), op, ": masked_weight must have x's dtype ",
               x.scalar_type(), "; got masked_weight.dtype=", masked_weight->scalar_type());
   TORCH_CHECK(masked_weight->device() == x.device(), op, ": masked_weight must be on x's device ", x.device(),
               "; got masked_weight.device=", masked_weight->device());
 }
 
-void check_grad_out(const char* op, const at::Tensor& grad_out, at::IntArrayRef output_shape, const at::Tensor& x) {
+void check_grad_out(const char* op, const at::Tensor& grad_out, c10::SymIntArrayRef output_shape,
+                    const at::Tensor& x) {
   TORCH_CHECK(grad_out.device() == x.device(), op, ": grad_out must be on x's device ", x.device(),
               "; got grad_out.device=", grad_out.device());
   TORCH_CHECK(at::isFloatingType(grad_out.scalar_type()), op, ": grad_out must have a floating-point dtype (x's is ",
               x.scalar_type(), "); got grad_out.dtype=", grad_out.scalar_type());
-  TORCH_CHECK(grad_out.sizes() == output_shape, op, ": grad_out must have the output's shape ", output_shape,
-              "; got grad_out.shape=", grad_out.sizes());
+  TORCH_CHECK(grad_out.sym_sizes() == output_shape, op, ": grad_out must have the output's shape ", output_shape,
+              "; got grad_out.shape=", grad_out.sym_sizes());
+}
+
+void check_layer_backward(const char* op, const at::Tensor& grad_out, c10::SymIntArrayRef output_shape,
+                          const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& masked_weight,
+                          int64_t layer, double density, c10::string_view pattern, int64_t nm_n, int64_t nm_m,
+                          std::array<bool, 2> output_mask) {
+  check_grad_out(op, grad_out, output_shape, x);
+  check_masked_weight(op, masked_weight, x, weight);
+  if (output_mask[0] || output_mask[1]) check_mask_plan(weight, layer, density, pattern, nm_n, nm_m, "multi");
 }
 
 }  // namespace wtext

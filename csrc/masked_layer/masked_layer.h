@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <array>
 #include <cstddef>
 #include <optional>
 #include <string>
@@ -15,9 +16,10 @@
 
 namespace wtext {
 
-// One layer's mask on one weight, planned once, as the masked layer ops use it in forward and backward. The mask
-// kernels are called directly rather than through the dispatcher: the layer ops run once per tied application, so
-// every op call saved is host time saved L times per step.
+// One layer's mask on one weight, planned once, as the masked layer ops use it in forward and backward, for mask
+// arguments the op has checked (check_mask_plan). The mask kernels are called directly rather than through the
+// dispatcher: the layer ops run once per tied application, so every op call saved is host time saved L times per
+// step.
 class MaskedLayerWeight {
  public:
   MaskedLayerWeight(const at::Tensor& weight, int64_t seed, int64_t layer, double density, const std::string& pattern,
@@ -39,8 +41,11 @@ class MaskedLayerWeight {
 };
 
 // The one rule for the layout of outputs and gradients: channels_last when x is a channels_last 4-d tensor (and not
-// also row-major), else row-major. wtext/ops/fake.py mirrors it for the fake kernels.
+// also row-major), else row-major. The fake kernels (wtext/ops/fake.py) call it too.
 at::MemoryFormat layer_memory_format(const at::Tensor& x);
+
+// The checks below read shapes (as SymInts), dtypes and devices, never data, so the fake kernels run them too, through
+// each op's check function.
 
 // Floating x and bias, on weight's device.
 void check_layer_inputs(const char* op, const at::Tensor& x, const at::Tensor& weight,
@@ -58,7 +63,15 @@ void check_masked_weight(const char* op, const std::optional<at::Tensor>& masked
 
 // A backward op's grad_out against the forward's output: its shape, a floating-point dtype (it is cast to x's dtype,
 // as the forward's output had) and x's device; errors name grad_out and show what was expected.
-void check_grad_out(const char* op, const at::Tensor& grad_out, at::IntArrayRef output_shape, const at::Tensor& x);
+void check_grad_out(const char* op, const at::Tensor& grad_out, c10::SymIntArrayRef output_shape,
+                    const at::Tensor& x);
+
+// The checks of a backward op after those of its x and weight: grad_out against the forward's output, masked_weight,
+// and the mask arguments when output_mask asks for a gradient (only then is the mask made).
+void check_layer_backward(const char* op, const at::Tensor& grad_out, c10::SymIntArrayRef output_shape,
+                          const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& masked_weight,
+                          int64_t layer, double density, c10::string_view pattern, int64_t nm_n, int64_t nm_m,
+                          std::array<bool, 2> output_mask);
 
 // (grad_x, grad_weight) of a masked layer's backward op; an entry its output_mask did not ask for is left empty
 // (None in Python), so its GEMM never runs.

@@ -1,7 +1,7 @@
 // Masked linear layer: x @ (W ⊙ M_layer)^T + b with the mask derived on the device, never stored.
-// Like masked_conv2d, this version materializes the masked weight once (fused mask+cast), keeps it for the
-// backward when x needs a gradient, and calls the backend GEMM; its registration per dispatch key leaves room for a
-// fused CUDA kernel.
+// Like masked_conv2d, the op materializes the masked weight once (fused mask+cast), keeps it for the backward when x
+// needs a gradient, and calls the backend GEMM; its registration per dispatch key leaves room for a fused CUDA
+// kernel.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -16,22 +16,45 @@ namespace wtext {
 
 namespace {
 
-void check_linear_arguments(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+// Checks the arguments of a masked linear op but the mask's and returns the output's shape [..., out].
+std::vector<c10::SymInt> check_linear_arguments(const at::Tensor& x, const at::Tensor& weight,
+                                                const std::optional<at::Tensor>& bias) {
   check_layer_inputs("masked_linear", x, weight, bias);
-  TORCH_CHECK(weight.dim() == 2, "masked_linear: weight must have shape [out, in]; got weight.shape=", weight.sizes());
-  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1), "masked_linear: x's last dimension must equal in=",
-              weight.size(1), " (weight.shape=", weight.sizes(), "); got x.shape=", x.sizes());
+  TORCH_CHECK(weight.dim() == 2, "masked_linear: weight must have shape [out, in]; got weight.shape=",
+              weight.sym_sizes());
+  TORCH_CHECK(x.dim() >= 1 && x.sym_size(-1) == weight.sym_size(1), "masked_linear: x's last dimension must equal in=",
+              weight.sym_size(1), " (weight.shape=", weight.sym_sizes(), "); got x.shape=", x.sym_sizes());
   check_bias_shape("masked_linear", bias, weight);
+  std::vector<c10::SymInt> output(x.sym_sizes().begin(), x.sym_sizes().end() - 1);
+  output.push_back(weight.sym_size(0));
+  return output;
 }
 
 }  // namespace
+
+std::vector<c10::SymInt> check_masked_linear(const at::Tensor& x, const at::Tensor& weight,
+                                             const std::optional<at::Tensor>& bias, int64_t /*seed*/, int64_t layer,
+                                             double density, c10::string_view pattern, int64_t nm_n, int64_t nm_m) {
+  std::vector<c10::SymInt> output = check_linear_arguments(x, weight, bias);
+  check_mask_plan(weight, layer, density, pattern, nm_n, nm_m, "multi");
+  return output;
+}
+
+void check_masked_linear_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                                  const std::optional<at::Tensor>& masked_weight, int64_t /*seed*/, int64_t layer,
+                                  double density, c10::string_view pattern, int64_t nm_n, int64_t nm_m,
+                                  std::array<bool, 2> output_mask) {
+  const std::vector<c10::SymInt> output = check_linear_arguments(x, weight, std::nullopt);
+  check_layer_backward("masked_linear_backward", grad_out, output, x, weight, masked_weight, layer, density, pattern,
+                       nm_n, nm_m, output_mask);
+}
 
 // As masked_conv2d_forward: the forward, also returning the masked weight, for the autograd kernel to keep.
 std::tuple<at::Tensor, at::Tensor> masked_linear_forward(const at::Tensor& x, const at::Tensor& weight,
                                                          const std::optional<at::Tensor>& bias, int64_t seed,
                                                          int64_t layer, double density, c10::string_view pattern,
                                                          int64_t nm_n, int64_t nm_m) {
-  check_linear_arguments(x, weight, bias);
+  check_masked_linear(x, weight, bias, seed, layer, density, pattern, nm_n, nm_m);
   at::Tensor w = MaskedLayerWeight(weight, seed, layer, density, std::string(pattern), nm_n, nm_m)
                      .masked(x.scalar_type(), at::MemoryFormat::Contiguous);
   std::optional<at::Tensor> b;
@@ -50,11 +73,8 @@ LayerGradients masked_linear_backward(const at::Tensor& grad_out, const at::Tens
                                       const std::optional<at::Tensor>& masked_weight, int64_t seed, int64_t layer,
                                       double density, c10::string_view pattern, int64_t nm_n, int64_t nm_m,
                                       std::array<bool, 2> output_mask) {
-  check_linear_arguments(x, weight, std::nullopt);
-  std::vector<int64_t> output_shape(x.sizes().begin(), x.sizes().end() - 1);
-  output_shape.push_back(weight.size(0));
-  check_grad_out("masked_linear_backward", grad_out, output_shape, x);
-  check_masked_weight("masked_linear_backward", masked_weight, x, weight);
+  check_masked_linear_backward(grad_out, x, weight, masked_weight, seed, layer, density, pattern, nm_n, nm_m,
+                               output_mask);
   LayerGradients gradients;
   if (!output_mask[0] && !output_mask[1]) return gradients;
   const at::Tensor grad_rows = grad_out.to(x.scalar_type()).reshape({-1, weight.size(0)});

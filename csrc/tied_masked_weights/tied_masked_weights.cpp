@@ -10,16 +10,16 @@ namespace wtext {
 
 namespace {
 
-std::vector<int64_t> stacked_shape(int64_t num_layers, at::IntArrayRef weight_shape) {
-  std::vector<int64_t> shape{num_layers};
+std::vector<c10::SymInt> stacked_shape(int64_t num_layers, c10::SymIntArrayRef weight_shape) {
+  std::vector<c10::SymInt> shape{num_layers};
   shape.insert(shape.end(), weight_shape.begin(), weight_shape.end());
   return shape;
 }
 
 // Strides of stacked views [L, out, in, kh, kw] of a 4-d weight, each view channels_last.
-std::vector<int64_t> stacked_channels_last_strides(const at::Tensor& weight) {
-  const int64_t in = weight.size(1), kw = weight.size(3);
-  return {weight.numel(), weight.numel() / weight.size(0), 1, kw * in, in};
+std::vector<c10::SymInt> stacked_channels_last_strides(const at::Tensor& weight) {
+  const c10::SymInt in = weight.sym_size(1), kw = weight.sym_size(3);
+  return {weight.sym_numel(), weight.sym_numel() / weight.sym_size(0), 1, kw * in, in};
 }
 
 // Marks the per-layer tensor the kernels write or read as channels_last in params (see stored_offset).
@@ -31,7 +31,7 @@ void set_channels_last(TiedMaskParams& params, const at::Tensor& like) {
 // Whether `stacked` [L, *weight.shape] holds channels_last views of a 4-d weight (and is not also row-major).
 bool stacked_channels_last(const at::Tensor& stacked, const at::Tensor& weight) {
   return weight.dim() == 4 && !stacked.is_contiguous() &&
-         stacked.strides() == at::IntArrayRef(stacked_channels_last_strides(weight));
+         stacked.sym_strides() == c10::SymIntArrayRef(stacked_channels_last_strides(weight));
 }
 
 // The layers of `chunk` in a tensor holding the plan's layers along dim 0. A single chunk is the whole tensor,
@@ -85,10 +85,46 @@ at::Tensor sum_masked_gradients(const TiedMaskKernels& kernels, const TiedMaskPl
   return grad_weight;
 }
 
+void check_mask(const at::Tensor& like, int64_t /*seed*/, int64_t layer, double density, c10::string_view pattern,
+                int64_t nm_n, int64_t nm_m) {
+  check_mask_plan(like, layer, density, pattern, nm_n, nm_m, "multi");
+}
+
+void check_tied_masked_weights(const at::Tensor& weight, at::IntArrayRef layers, int64_t /*seed*/, double density,
+                               c10::string_view pattern, int64_t nm_n, int64_t nm_m, c10::string_view mode,
+                               std::optional<at::ScalarType> dtype) {
+  check_mask_plan(weight, layers, density, pattern, nm_n, nm_m, mode);
+  TORCH_CHECK(!dtype.has_value() || at::isFloatingType(*dtype), "dtype must be a floating-point dtype; got dtype=",
+              *dtype);
+}
+
+void check_tied_masked_weights_backward(const at::Tensor& grad, const at::Tensor& weight, at::IntArrayRef layers,
+                                        int64_t /*seed*/, double density, c10::string_view pattern, int64_t nm_n,
+                                        int64_t nm_m, c10::string_view mode) {
+  TORCH_CHECK(grad.device() == weight.device(), "grad and weight must be on the same device; got grad.device=",
+              grad.device(), " and weight.device=", weight.device());
+  TORCH_CHECK(at::isFloatingType(grad.scalar_type()), "grad must have a floating-point dtype; got grad.dtype=",
+              grad.scalar_type());
+  const auto expected = stacked_shape(static_cast<int64_t>(layers.size()), weight.sym_sizes());
+  TORCH_CHECK(grad.sym_sizes() == c10::SymIntArrayRef(expected), "grad must have shape [len(layers), *weight.shape] = ",
+              c10::SymIntArrayRef(expected), "; got grad.shape=", grad.sym_sizes());
+  check_mask_plan(weight, layers, density, pattern, nm_n, nm_m, mode);
+}
+
+at::Tensor empty_tied_masked_weights(const at::Tensor& weight, int64_t num_layers,
+                                     std::optional<at::ScalarType> dtype) {
+  const auto shape = stacked_shape(num_layers, weight.sym_sizes());
+  const at::TensorOptions options = weight.options().dtype(dtype.value_or(weight.scalar_type()));
+  if (channels_last_only(weight)) {
+    return at::empty_strided_symint(shape, stacked_channels_last_strides(weight), options);
+  }
+  return at::empty_symint(shape, options);
+}
+
 at::Tensor mask_op(const TiedMaskKernels& kernels, const at::Tensor& like, int64_t seed, int64_t layer, double density,
                    const std::string& pattern, int64_t nm_n, int64_t nm_m) {
-  const std::vector<int64_t> layers{layer};
-  const TiedMaskPlan plan = plan_tied_masks(like, layers, seed, density, pattern, nm_n, nm_m, "multi");
+  check_mask(like, seed, layer, density, pattern, nm_n, nm_m);
+  const TiedMaskPlan plan = plan_tied_masks(like, layer, seed, density, pattern, nm_n, nm_m, "multi");
   at::Tensor out = at::empty(like.sizes(), like.options().memory_format(at::MemoryFormat::Contiguous));
   if (out.numel() > 0) kernels.forward(plan.chunks[0], plan.pattern, at::Tensor(), out);
   return out;
@@ -97,17 +133,10 @@ at::Tensor mask_op(const TiedMaskKernels& kernels, const at::Tensor& like, int64
 at::Tensor tied_masked_weights_op(const TiedMaskKernels& kernels, const at::Tensor& weight, at::IntArrayRef layers,
                                   int64_t seed, double density, const std::string& pattern, int64_t nm_n, int64_t nm_m,
                                   const std::string& mode, std::optional<at::ScalarType> dtype) {
+  check_tied_masked_weights(weight, layers, seed, density, pattern, nm_n, nm_m, mode, dtype);
   const TiedMaskPlan plan = plan_tied_masks(weight, layers, seed, density, pattern, nm_n, nm_m, mode);
-  const at::ScalarType out_dtype = dtype.value_or(weight.scalar_type());
-  TORCH_CHECK(at::isFloatingType(out_dtype), "dtype must be a floating-point dtype; got dtype=", out_dtype);
-  const auto shape = stacked_shape(static_cast<int64_t>(layers.size()), weight.sizes());
-  const at::TensorOptions options = weight.options().dtype(out_dtype);
-  // The views take the weight's layout: a channels_last weight (a model moved to channels_last) gets channels_last
-  // views, which a channels_last convolution takes as they are instead of reordering the weight on every call.
-  const bool channels_last = channels_last_only(weight);
-  const at::Tensor out = channels_last ? at::empty_strided(shape, stacked_channels_last_strides(weight), options)
-                                       : at::empty(shape, options);
-  write_masked_views(kernels, plan, weight, out, channels_last);
+  const at::Tensor out = empty_tied_masked_weights(weight, static_cast<int64_t>(layers.size()), dtype);
+  write_masked_views(kernels, plan, weight, out, channels_last_only(weight));
   return out;
 }
 
@@ -115,13 +144,7 @@ at::Tensor tied_masked_weights_backward_op(const TiedMaskKernels& kernels, const
                                            const at::Tensor& weight, at::IntArrayRef layers, int64_t seed,
                                            double density, const std::string& pattern, int64_t nm_n, int64_t nm_m,
                                            const std::string& mode) {
-  TORCH_CHECK(grad.device() == weight.device(), "grad and weight must be on the same device; got grad.device=",
-              grad.device(), " and weight.device=", weight.device());
-  TORCH_CHECK(at::isFloatingType(grad.scalar_type()), "grad must have a floating-point dtype; got grad.dtype=",
-              grad.scalar_type());
-  const auto expected = stacked_shape(static_cast<int64_t>(layers.size()), weight.sizes());
-  TORCH_CHECK(grad.sizes() == at::IntArrayRef(expected), "grad must have shape [len(layers), *weight.shape] = ",
-              at::IntArrayRef(expected), "; got grad.shape=", grad.sizes());
+  check_tied_masked_weights_backward(grad, weight, layers, seed, density, pattern, nm_n, nm_m, mode);
   const TiedMaskPlan plan = plan_tied_masks(weight, layers, seed, density, pattern, nm_n, nm_m, mode);
   return sum_masked_gradients(kernels, plan, grad, weight, stacked_channels_last(grad, weight));
 }

@@ -37,6 +37,24 @@ void write_masked_views(const TiedMaskKernels& kernels, const TiedMaskPlan& plan
 at::Tensor sum_masked_gradients(const TiedMaskKernels& kernels, const TiedMaskPlan& plan, const at::Tensor& grad,
                                 const at::Tensor& weight, bool channels_last);
 
+// The argument checks of the mask ops, each taking its op's arguments; errors name the argument and the bad value.
+// They read shapes, dtypes and devices, never data (sizes as SymInts), so the fake kernels (wtext/ops/fake.py) call
+// them too.
+void check_mask(const at::Tensor& like, int64_t seed, int64_t layer, double density, c10::string_view pattern,
+                int64_t nm_n, int64_t nm_m);
+void check_tied_masked_weights(const at::Tensor& weight, at::IntArrayRef layers, int64_t seed, double density,
+                               c10::string_view pattern, int64_t nm_n, int64_t nm_m, c10::string_view mode,
+                               std::optional<at::ScalarType> dtype);
+void check_tied_masked_weights_backward(const at::Tensor& grad, const at::Tensor& weight, at::IntArrayRef layers,
+                                        int64_t seed, double density, c10::string_view pattern, int64_t nm_n,
+                                        int64_t nm_m, c10::string_view mode);
+
+// tied_masked_weights' output, uninitialized: [num_layers, *weight.shape] in `dtype` (weight's by default) on weight's
+// device. The views take the weight's layout: a channels_last weight (a model moved to channels_last) gets
+// channels_last views, which a channels_last convolution takes as they are instead of reordering the weight on every
+// call; any other weight gets row-major ones. The fake kernel allocates with it too.
+at::Tensor empty_tied_masked_weights(const at::Tensor& weight, int64_t num_layers, std::optional<at::ScalarType> dtype);
+
 at::Tensor mask_op(const TiedMaskKernels& kernels, const at::Tensor& like, int64_t seed, int64_t layer, double density,
                    const std::string& pattern, int64_t nm_n, int64_t nm_m);
 

@@ -1,22 +1,57 @@
 """Autograd formulas of the wtext ops registered from Python. Each backward calls other registered ops, so
-torch.compile traces it."""
+torch.compile traces it.
+
+An op's arguments are listed once, in its schema. The formulas keep an op's inputs by name, call the related ops (the
+backward op, the forward op) with the arguments those ops' schemas name, and return one gradient per argument of the
+op's schema. So a change to an op's arguments needs no edit here while related ops give shared arguments the same
+names; only a new tensor argument that needs a gradient needs a formula.
+"""
+
+import functools
 
 import torch
 
 from . import _extension  # noqa: F401  (the ops must be registered first)
 
+@functools.cache
+def _names(op) -> tuple[str, ...]:
+    """The argument names of op (a torch.ops.wtext packet) in its schema's order."""
+    return tuple(argument.name for argument in op.default._schema.arguments)
 
-# tied_masked_weights(weight, layers, seed, density, pattern, nm_n, nm_m, mode, dtype)
+
+def _keep(ctx, op, inputs, saved: tuple[str, ...] = (), dropped: tuple[str, ...] = ()) -> dict:
+    """Keeps op's inputs for the backward by name: `saved` through save_for_backward, the rest but `dropped` as they
+    are. Returns all the inputs by name."""
+    named = dict(zip(_names(op), inputs))
+    ctx.save_for_backward(*(named[name] for name in saved))
+    ctx.saved_names = saved
+    ctx.arguments = {name: value for name, value in named.items() if name not in saved and name not in dropped}
+    return named
+
+
+def _kept(ctx) -> dict:
+    return {**ctx.arguments, **dict(zip(ctx.saved_names, ctx.saved_tensors))}
+
+
+def _call(op, arguments: dict, **overrides):
+    """op called with the arguments its schema names, from `overrides`, else from `arguments`."""
+    given = {**arguments, **overrides}
+    return op(*(given[name] for name in _names(op)))
+
+
+def _gradients(op, **gradients) -> tuple:
+    """What a backward formula of op returns: one gradient per argument, None for those not given."""
+    return tuple(gradients.get(name) for name in _names(op))
+
+
 def _tied_setup_context(ctx, inputs, output):
-    weight, *ctx.mask_args = inputs[:8]
-    ctx.save_for_backward(weight)
+    _keep(ctx, torch.ops.wtext.tied_masked_weights, inputs, saved=("weight",))
 
 
 def _tied_backward(ctx, grad):
-    (weight,) = ctx.saved_tensors
     # dW = sum_l grad_l ⊙ M_l in one fused kernel; the masks are regenerated, never kept from the forward.
-    grad_weight = torch.ops.wtext.tied_masked_weights_backward(grad, weight, *ctx.mask_args)
-    return (grad_weight,) + (None,) * 8
+    grad_weight = _call(torch.ops.wtext.tied_masked_weights_backward, _kept(ctx), grad=grad)
+    return _gradients(torch.ops.wtext.tied_masked_weights, weight=grad_weight)
 
 
 # masked_conv2d and masked_linear have their autograd in C++ (csrc/masked_conv2d/masked_conv2d_autograd.cpp and
@@ -37,59 +72,51 @@ torch.library.register_autograd(
 # where each backward call asks (output_mask) for the one gradient it uses.
 # masked_weight (the forward's W ⊙ M, kept when x needs a gradient) is a cache of M ⊙ weight, not an input of its
 # own: the formulas below differentiate through weight, and the backward calls they make pass None for it.
-def _layer_backward_setup_context(ctx, inputs, output):
-    grad_out, x, weight, _masked_weight, *layer_args, _output_mask = inputs  # each double-backward call sets its own
-    ctx.layer_args = layer_args
-    ctx.save_for_backward(grad_out, x, weight)
+def _layer_backward_setup_context(ctx, inputs, output, backward_op):
+    _keep(ctx, backward_op, inputs, saved=("grad_out", "x", "weight"), dropped=("masked_weight",))
 
 
 def _double_backward(ctx, grad_grad_x, grad_grad_weight, forward_op, backward_op):
-    grad_out, x, weight = ctx.saved_tensors
-    args = ctx.layer_args
-    # forward ops take (x, weight, bias, *mask_args, *geometry); backward ops take
-    # (g, x, weight, masked_weight, *args, output_mask).
-    mask_args, geometry = args[:6], args[6:]
+    kept = _kept(ctx)
+    needs = dict(zip(_names(backward_op), ctx.needs_input_grad))
     # gradients the forward did not return (output_mask) arrive as None, like unused ones
-    d_grad_out = d_x = d_weight = None
-    if ctx.needs_input_grad[0]:
+    gradients = {}
+    if needs["grad_out"]:
         terms = []
         if grad_grad_x is not None:
-            terms.append(forward_op(grad_grad_x, weight, None, *mask_args, *geometry))
+            terms.append(_call(forward_op, kept, x=grad_grad_x, bias=None))
         if grad_grad_weight is not None:
-            terms.append(forward_op(x, grad_grad_weight, None, *mask_args, *geometry))
-        d_grad_out = sum(terms) if terms else None
-    if ctx.needs_input_grad[1] and grad_grad_weight is not None:
-        d_x = backward_op(grad_out, x, grad_grad_weight, None, *args, [True, False])[0]
-    if ctx.needs_input_grad[2] and grad_grad_x is not None:
-        d_weight = backward_op(grad_out, grad_grad_x, weight, None, *args, [False, True])[1]
-    return (d_grad_out, d_x, d_weight, None) + (None,) * (len(args) + 1)
+            terms.append(_call(forward_op, kept, weight=grad_grad_weight, bias=None))
+        gradients["grad_out"] = sum(terms) if terms else None
+    if needs["x"] and grad_grad_weight is not None:
+        gradients["x"] = _call(backward_op, kept, weight=grad_grad_weight, masked_weight=None,
+                               output_mask=[True, False])[0]
+    if needs["weight"] and grad_grad_x is not None:
+        gradients["weight"] = _call(backward_op, kept, x=grad_grad_x, masked_weight=None, output_mask=[False, True])[1]
+    return _gradients(backward_op, **gradients)
 
 
-def _conv_double_backward(ctx, grad_grad_x, grad_grad_weight):
-    return _double_backward(ctx, grad_grad_x, grad_grad_weight, torch.ops.wtext.masked_conv2d,
-                            torch.ops.wtext.masked_conv2d_backward)
+def _register_double_backward(forward_op, backward_op) -> None:
+    torch.library.register_autograd(
+        backward_op.default, functools.partial(_double_backward, forward_op=forward_op, backward_op=backward_op),
+        setup_context=functools.partial(_layer_backward_setup_context, backward_op=backward_op))
 
 
-def _linear_double_backward(ctx, grad_grad_x, grad_grad_weight):
-    return _double_backward(ctx, grad_grad_x, grad_grad_weight, torch.ops.wtext.masked_linear,
-                            torch.ops.wtext.masked_linear_backward)
+_register_double_backward(torch.ops.wtext.masked_conv2d, torch.ops.wtext.masked_conv2d_backward)
+_register_double_backward(torch.ops.wtext.masked_linear, torch.ops.wtext.masked_linear_backward)
 
 
-# tied_masked_weights_backward(grad, weight, layers, seed, density, pattern, nm_n, nm_m, mode) is linear in grad:
-# its adjoint is the forward op applied to the incoming gradient.
+# tied_masked_weights_backward is linear in grad: its adjoint is the forward op applied to the incoming gradient, in
+# grad's dtype.
 def _tied_backward_setup_context(ctx, inputs, output):
-    grad, weight, *ctx.mask_args = inputs
-    ctx.grad_dtype = grad.dtype
+    named = _keep(ctx, torch.ops.wtext.tied_masked_weights_backward, inputs, dropped=("grad", "weight"))
+    ctx.arguments["dtype"] = named["grad"].dtype
 
 
 def _tied_double_backward(ctx, grad_grad_weight):
-    d_grad = torch.ops.wtext.tied_masked_weights(grad_grad_weight, *ctx.mask_args, ctx.grad_dtype)
-    return (d_grad,) + (None,) * 8
+    d_grad = _call(torch.ops.wtext.tied_masked_weights, ctx.arguments, weight=grad_grad_weight)
+    return _gradients(torch.ops.wtext.tied_masked_weights_backward, grad=d_grad)
 
 
-torch.library.register_autograd("wtext::masked_conv2d_backward", _conv_double_backward,
-                                setup_context=_layer_backward_setup_context)
-torch.library.register_autograd("wtext::masked_linear_backward", _linear_double_backward,
-                                setup_context=_layer_backward_setup_context)
 torch.library.register_autograd("wtext::tied_masked_weights_backward", _tied_double_backward,
                                 setup_context=_tied_backward_setup_context)

@@ -21,9 +21,9 @@ PATTERNS = ("bernoulli", "exact", "nm")
 MODES = ("dense", "same", "multi")
 DEFAULT_NM = (2, 4)
 
-# The ops take int64 arguments. A Python int outside that range reached the dispatcher's "Expected a value of type
-# 'int' ... but instead found type 'int'"; a float was truncated by int() (seed=1.5 silently meant seed=1), and a
-# str was parsed by it. So every argument is checked here, with an error that names it and shows the value.
+# The ops take int64 arguments. Every argument is checked here, with an error that names it and shows the value:
+# the dispatcher's own error for a Python int outside that range ("Expected a value of type 'int' ... but instead
+# found type 'int'") names neither, and int() would truncate a float (seed=1.5 meaning seed=1) or parse a str.
 # bool is an int subclass but never a meaningful seed, layer, count or size here: it is rejected everywhere.
 # A layer op runs once per tied application, so its host time counts L times: the common cases (a plain int, a float,
 # a pair of ints) take the first branch of each check, and all of them add well under 1 us per call (dev CPU).
