@@ -13,6 +13,7 @@ import torch
 
 from . import _extension  # noqa: F401  (the ops must be registered first)
 
+
 @functools.cache
 def _names(op) -> tuple[str, ...]:
     """The argument names of op (a torch.ops.wtext packet) in its schema's order."""
