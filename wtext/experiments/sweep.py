@@ -111,9 +111,11 @@ class Sweep:
 
     base: the scale's options; given: options from the command line: those of the training budget and the data's
     location (Role.BUDGET) always win; any other (model, width, depth, dataset ...) is the base of every run, but an
-    experiment that varies it keeps its own values (a width-vs-depth sweep keeps its widths); seeds: the seeds every run is trained with; worker: (i, n) to train only the jobs j with
-    j % n == i and stop; dry_run: list the jobs with measured time estimates and stop; train: False to refuse
-    training (merging workers' results only: an error names the jobs still missing).
+    experiment that varies it keeps its own values (a width-vs-depth sweep keeps its widths); seeds: the seeds every
+    run is trained with; worker: (i, n) to train only the jobs j with j % n == i and stop; dry_run: list the jobs
+    with measured time estimates and stop; train: False to refuse training (merging workers' results only: an error
+    names the jobs still missing); config_type: the runs' config class (TrainConfig, or a subclass with more
+    options, treated by their declared roles).
     """
 
     def __init__(self, out_dir: Path, base: dict, log=print, dry_run: bool = False, given: dict | None = None,
@@ -125,7 +127,7 @@ class Sweep:
         self.given = given or {}
         self.seeds, self.worker, self.train = tuple(seeds), worker, train
         self.fuse, self.fuse_max = fuse, fuse_max
-        self.config_type = config_type  # the runs' config class (TrainConfig, or a subclass with more options)
+        self.config_type = config_type
         self.noted: set[str] = set()
 
     def jobs(self, runs: dict[str, dict]) -> list[Job]:

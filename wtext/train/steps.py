@@ -28,8 +28,8 @@ def train_step(model: nn.Module, forward, trainers: list, images: torch.Tensor, 
         losses = torch.stack([F.cross_entropy(logits[k].float(), labels[k], label_smoothing=t.config.label_smoothing)
                               for k, t in enumerate(trainers)])
         # A DEQ twin's Jacobian penalty, on the loss's device.
-        penalties = [t.core.regularization().to(losses.device) for t in trainers if getattr(t.core, "deq_outputs",
-                                                                                             None)]
+        penalties = [t.core.regularization().to(losses.device) for t in trainers
+                     if getattr(t.core, "deq_outputs", None)]
     for trainer in trainers:
         trainer.optimizer.zero_grad(set_to_none=True)
     # d(sum of losses)/d(run k's weights) = d(loss_k)/d(them): the gradient each run gets alone.
@@ -60,7 +60,8 @@ def evaluate(model: nn.Module, forward, trainers: list, inputs, autocast) -> lis
         sums[:, 0] += torch.stack([F.cross_entropy(logits[k].float(), labels[k], reduction="sum")
                                    for k in range(len(trainers))])
         sums[:, 1] += (logits.argmax(-1) == labels).sum(-1)
-    return [(loss / len(t.data.test), correct / len(t.data.test)) for t, (loss, correct) in zip(trainers, sums.tolist())]
+    return [(loss / len(t.data.test), correct / len(t.data.test))
+            for t, (loss, correct) in zip(trainers, sums.tolist())]
 
 
 class EagerStep:
