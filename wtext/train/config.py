@@ -42,10 +42,6 @@ def options_with(role: Role, config_type: type | None = None) -> tuple[str, ...]
     return tuple(f.name for f in fields(config_type or TrainConfig) if role & f.metadata[OPTIONS_ROLE_KEY])
 
 
-def role_of(name: str, config_type: type | None = None) -> Role:
-    return next(f.metadata[OPTIONS_ROLE_KEY] for f in fields(config_type or TrainConfig) if f.name == name)
-
-
 OPTIMIZERS = ("adam", "sgd")
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
