@@ -38,6 +38,11 @@ def fusion_problem(members: Sequence[nn.Module]) -> str | None:
             return f"member {index} is a {type(model).__name__}; only weight-tied TiedResNets can be fused"
         if model.config.deq is not None:
             return f"member {index} is a DEQ twin (its solver runs a data-dependent number of steps)"
+        learned = [name for name, module in model.named_modules()
+                   if isinstance(module, TiedMaskedWeight) and module.learned is not None]
+        if learned:
+            return (f"member {index} has learned masks ({learned[0]}); fused members use seed-derived masks, which "
+                    f"the fused network regenerates")
         updated = [name for name, module in model.named_modules()
                    if isinstance(module, TiedMaskedWeight) and module.weight_update is not None]
         if updated:

@@ -7,6 +7,7 @@ from torch import nn
 
 from wtext import ops
 
+from .learned_masks import LearnedMasks
 from .mask_overlap import carry_layers, chain_masks
 from .mask_reference import torch_mask
 from .mask_spec import MaskSpec
@@ -23,6 +24,8 @@ class TiedMaskedWeight(nn.Module):
     A weight update held in the slot `weight_update` (set by wtext.lora.inject through set_weight_update) changes
     the shared weight before the masks: every application then masks W' = W + ΔW (see shared_weight), so an
     adapted model stays tied. The slot is the only link from this module to its update.
+    With spec mode "learned", the child `learned` (wtext.nn.LearnedMasks) holds the trainable scores of the L masks
+    (state_dict `<this module>.learned.scores`), or once frozen their bits (`.learned.bits`).
     """
 
     def __init__(self, shape, applications: int, spec: MaskSpec, seed_offset: int):
@@ -40,10 +43,12 @@ class TiedMaskedWeight(nn.Module):
             raise ValueError(f"nm M={spec.nm[1]} must divide the reduction dimension {math.prod(shape) // shape[0]} "
                              f"of a weight of shape {tuple(shape)}")
         nn.init.kaiming_normal_(self.weight, nonlinearity="relu")
+        self.learned = LearnedMasks(shape, applications, spec.density, spec.learning, spec.init, self.seed) \
+            if spec.learned else None
 
     @property
     def views(self) -> int:
-        return self.applications if self.spec.mode == "multi" else 1
+        return self.applications if self.spec.mode in ("multi", "learned") else 1
 
     @property
     def weight_update(self) -> nn.Module | None:
@@ -92,6 +97,8 @@ class TiedMaskedWeight(nn.Module):
         if not spec.masked:
             weight = weight if dtype is None else weight.to(dtype)
             return weight.unsqueeze(0)
+        if self.learned is not None:
+            return self.learned(weight, dtype, reference=self.use_reference)
         if self.use_reference or spec.overlapping:
             # Overlapping masks are chained from two op calls (fresh masks and carry coins), then applied here.
             stacked = weight.unsqueeze(0) * self.application_masks(reference=self.use_reference)
@@ -110,7 +117,10 @@ class TiedMaskedWeight(nn.Module):
         return stacked[application if self.views > 1 else 0]
 
     def mask(self, layer: int) -> torch.Tensor:
-        """The 0/1 mask with index `layer` (all ones when dense), by the plain-PyTorch mask function."""
+        """The 0/1 mask with index `layer` (all ones when dense), by the plain-PyTorch mask function; learned masks:
+        the mask application `layer` uses now."""
+        if self.learned is not None:
+            return self.learned.masks()[layer].to(self.weight.dtype)
         if not self.spec.masked:
             return torch.ones_like(self.weight)
         return torch_mask(self.weight.shape, self.seed, layer, self.spec.density, self.spec.pattern, self.spec.nm,
@@ -122,6 +132,8 @@ class TiedMaskedWeight(nn.Module):
         spec = self.spec
         if not spec.masked:
             return torch.ones_like(self.weight).unsqueeze(0)
+        if self.learned is not None:
+            return self.learned.masks().to(self.weight.dtype)
         with torch.no_grad():
             # The op masks a weight of ones: the mask, from an expanded scalar (no weight-sized buffer).
             ones = self.weight.new_ones(()).expand_as(self.weight)
@@ -145,13 +157,16 @@ class TiedMaskedWeight(nn.Module):
         """Unmasked weights per application, averaged over the applications."""
         if not self.spec.masked:
             return float(self.weight.numel())
+        if self.learned is not None:
+            return float(self.learned.kept)
         return self.application_masks(reference=True).flatten(1).sum(1).mean().item()
 
     def extra_repr(self) -> str:
         s = self.spec
         return (f"shape={tuple(self.weight.shape)}, applications={self.applications}, mode={s.mode}, "
                 f"density={s.density}, pattern={s.pattern}, seed={self.seed}"
-                + (f", overlap={s.overlap}" if s.overlapping else ""))
+                + (f", overlap={s.overlap}" if s.overlapping else "")
+                + (f", learning={s.learning}" if s.learned else ""))
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field, fields
 from wtext.data import DATASETS
 from wtext.lora import DEFAULT_TARGETS, LoRAConfig
 from wtext.models import DEQ_VARIANTS, PRESETS
-from wtext.ops import MODES, PATTERNS
+from wtext.nn import MASK_MODES
+from wtext.nn.learned_masks import ESTIMATORS, INITS
+from wtext.ops import PATTERNS
 from wtext.validation import check_density, check_nm
 
 OPTIONS_ROLE_KEY = "role"
@@ -62,7 +64,8 @@ class TrainConfig:
     depth: int | None = option(None, Role.MODEL | Role.SHARED,
                                "tied applications of the block (default: the preset's)")
     mask_mode: str = option("multi", Role.MODEL | Role.MASK,
-                            "mask mode: multi, same or dense", choices=MODES)
+                            "mask mode: multi, same, dense, or learned (a trained mask per application, docs/masks.md)",
+                            choices=MASK_MODES)
     density: float | None = option(None, Role.MODEL | Role.MASK,
                                    "mask density in (0, 1] (default: the preset's: 0.5 ResNet, 0.9 ViT)")
     pattern: str = option("bernoulli", Role.MODEL | Role.MASK,
@@ -74,6 +77,29 @@ class TrainConfig:
     mask_overlap: float = option(0.0, Role.MODEL | Role.MASK,
                                  "fraction of each application's mask carried over from the previous one "
                                  "(multi-mask, bernoulli): 0 independent masks, 1 the same mask everywhere")
+    # Learned masks (--mask-mode learned). The scores are in the checkpoint, so none of these defines the network an
+    # evaluation rebuilds; they shape how the masks train.
+    mask_learning: str = option("ste", Role.NONE,
+                                "how learned masks train: ste (straight-through top-k, edge-popup) or gumbel "
+                                "(hard-concrete relaxation with a temperature schedule and a density penalty)",
+                                choices=ESTIMATORS)
+    mask_init: str = option("seed", Role.NONE,
+                            "where learned masks start: seed (the --mask-seed multi-masks, so step 0 is the static "
+                            "multi-mask model) or random", choices=INITS)
+    mask_lr: float | None = option(None, Role.NONE,
+                                   "peak learning rate of the mask scores (default: 10 x --lr); same schedule")
+    mask_weight_decay: float = option(0.0, Role.NONE,
+                                      "weight decay of the mask scores")
+    mask_temperature: float = option(2 / 3, Role.NONE,
+                                     "gumbel: the relaxation's temperature at the start of training")
+    mask_final_temperature: float = option(0.1, Role.NONE,
+                                           "gumbel: the temperature at the end (geometric schedule)")
+    mask_density_penalty: float = option(1.0, Role.NONE,
+                                         "gumbel: weight of the penalty (expected density - density)^2 per "
+                                         "application")
+    freeze_masks: bool = option(False, Role.RESUMABLE,
+                                "at the end of training, freeze the learned masks into bits in the checkpoint "
+                                "(as python -m wtext.masks freeze)")
     deq: str | None = option(None, Role.MODEL,
                              "train the DEQ twin with this variant instead of the weight-tied model",
                              choices=sorted(DEQ_VARIANTS))
@@ -202,6 +228,7 @@ class TrainConfig:
         if self.mask_overlap > 0 and (self.mask_mode != "multi" or self.pattern != "bernoulli"):
             raise ValueError(f"mask_overlap > 0 needs mask_mode multi and pattern bernoulli; got mask_mode="
                              f"{self.mask_mode}, pattern={self.pattern}")
+        self.check_learned_masks()
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0; got lr={self.lr}")
         for name in ("weight_decay", "warmup_epochs", "grad_clip", "stop_after_steps", "checkpoint_every_steps",
@@ -223,6 +250,34 @@ class TrainConfig:
                              f"without --lora")
         if self.init_from is not None and not self.init_from.strip():
             raise ValueError("init_from must name a checkpoint file; got an empty string")
+
+    def check_learned_masks(self) -> None:
+        """The learned-mask options: their ranges, and none of them set without --mask-mode learned (it would
+        silently do nothing)."""
+        for name in ("mask_temperature", "mask_final_temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0; got {name}={getattr(self, name)}")
+        for name in ("mask_weight_decay", "mask_density_penalty"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0; got {name}={getattr(self, name)}")
+        if self.mask_lr is not None and not self.mask_lr > 0:
+            raise ValueError(f"mask_lr must be > 0; got mask_lr={self.mask_lr}")
+        if self.mask_mode == "learned":
+            if self.pattern == "nm":
+                raise ValueError("mask_mode learned keeps the top round(density * numel) scores of a weight, not N "
+                                 "of every M: use --pattern exact with it, not nm")
+            return
+        defaults = {f.name: f.default for f in fields(self)}
+        changed = [name for name in ("mask_learning", "mask_init", "mask_lr", "mask_weight_decay",
+                                     "mask_temperature", "mask_final_temperature", "mask_density_penalty",
+                                     "freeze_masks") if getattr(self, name) != defaults[name]]
+        if changed:
+            raise ValueError(f"{changed[0]} applies to learned masks only; got {changed[0]}="
+                             f"{getattr(self, changed[0])!r} with mask_mode={self.mask_mode} (add --mask-mode learned "
+                             f"or drop --{changed[0].replace('_', '-')})")
+
+    def learned_mask_lr(self) -> float:
+        return 10 * self.lr if self.mask_lr is None else self.mask_lr
 
     def lora_config(self) -> LoRAConfig | None:
         """The wtext.lora.LoRAConfig of --lora, with --lora-targets and --train-only applied; None without --lora.

@@ -33,6 +33,8 @@ def unfusable_reason(config: TrainConfig) -> str | None:
                 f"ResNets (resnet-*) train fused")
     if config.deq is not None:
         return f"deq={config.deq}: a DEQ twin's solver runs a data-dependent number of steps per member"
+    if config.mask_mode == "learned":
+        return "mask_mode learned: each run trains its own mask scores, which the fused network does not hold"
     if config.lora is not None:
         return "lora: LoRA adapters change the weights a fused forward reads"
     if config.compile:

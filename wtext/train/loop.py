@@ -194,6 +194,11 @@ def run(config) -> dict:
     try:
         trainer.start()
         summary = trainer.summarize(fit([trainer], trainer.step))
+        if config.freeze_masks and trainer.cluster.main:
+            from wtext.masks import freeze_checkpoint  # wtext.masks builds on wtext.train
+
+            report = freeze_checkpoint(trainer.run_dir / CHECKPOINT)
+            trainer.log(f"froze {report.masks} learned masks into {report.output} ({report.bytes_after:,} bytes)")
         finish_together(trainer.cluster)
         return summary
     finally:

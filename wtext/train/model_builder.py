@@ -10,6 +10,7 @@ from torch import nn
 
 from wtext import lora, models
 from wtext.nn import MaskSpec
+from wtext.nn.learned_model import configure_learned_masks, match_frozen_masks
 
 from .checkpoint import load_checkpoint
 from .config import Role, TrainConfig, options_with
@@ -39,8 +40,12 @@ def model_for(config: TrainConfig, num_classes: int) -> nn.Module:
         density = preset.mask.density if config.density is None else config.density
         overrides["mask"] = MaskSpec(mode=config.mask_mode, density=density, pattern=config.pattern,
                                      nm=config.nm_pair(), seed=config.mask_seed,
-                                     overlap=config.mask_overlap)
-    return models.build_model(config.model, **overrides)
+                                     overlap=config.mask_overlap, learning=config.mask_learning,
+                                     init=config.mask_init)
+    model = models.build_model(config.model, **overrides)
+    configure_learned_masks(model, (config.mask_temperature, config.mask_final_temperature),
+                            config.mask_density_penalty)
+    return model
 
 
 def load_initial_weights(model: nn.Module, config: TrainConfig, log=print) -> None:
@@ -52,6 +57,10 @@ def load_initial_weights(model: nn.Module, config: TrainConfig, log=print) -> No
         raise FileNotFoundError(f"--init-from {path}: no such checkpoint file")
     checkpoint = load_checkpoint(path, "cpu")
     state, trained = checkpoint["model"], checkpoint.get("config", {})
+    try:
+        match_frozen_masks(model, state)  # a checkpoint whose learned masks were frozen gives its masks as bits
+    except ValueError as error:
+        raise ValueError(f"init_from {path}: {error}") from None
     defaults = type(config)()
     preset = models.preset_config(config.model)
 

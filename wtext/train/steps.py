@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wtext.models.fused_resnet import FusedTiedResNet
+from wtext.nn.learned_model import density_penalty
 
 from .running import step_sums
 
@@ -30,6 +31,8 @@ def train_step(model: nn.Module, forward, trainers: list, images: torch.Tensor, 
         # A DEQ twin's Jacobian penalty, on the loss's device.
         penalties = [t.core.regularization().to(losses.device) for t in trainers
                      if getattr(t.core, "deq_outputs", None)]
+        # Learned masks' density penalty (gumbel estimator).
+        penalties += [penalty for t in trainers if (penalty := density_penalty(t.core)) is not None]
     for trainer in trainers:
         trainer.optimizer.zero_grad(set_to_none=True)
     # d(sum of losses)/d(run k's weights) = d(loss_k)/d(them): the gradient each run gets alone.
@@ -80,6 +83,7 @@ class EagerStep:
 
     def train(self, batches) -> torch.Tensor:
         trainer = self.trainer
+        trainer.set_mask_progress()
         sums = train_step(trainer.model, self.forward, self.trainers, *self.inputs(batches), trainer.autocast)
         trainer.scheduler.step()
         return sums

@@ -14,6 +14,8 @@ from torch import nn
 
 from wtext import lora, models
 from wtext.data import DeviceLoader, load_dataset
+from wtext.nn import match_frozen_masks, set_mask_progress
+from wtext.nn.learned_model import score_names
 from wtext.safe_files import write_text_atomic
 
 from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_atomic
@@ -30,6 +32,7 @@ from .schedule import warmup_cosine
 from .steps import EagerStep
 
 CHECKPOINT = "checkpoint.pt"
+MASK_SCORES_GROUP = "mask_scores"  # the name of the optimizer's parameter group of learned masks' scores
 
 
 def select_device(name: str, cluster: Cluster) -> torch.device:
@@ -117,10 +120,18 @@ class Trainer:
         self.forward = torch.compile(self.model) if config.compile else self.model
 
     def build_optimizer(self) -> None:
+        """The optimizer and its schedule. Learned masks' scores form a group of their own (MASK_SCORES_GROUP, the
+        last one) with --mask-lr and --mask-weight-decay; wtext.masks freeze drops that group from a checkpoint."""
         config = self.config
-        parameters = [p for p in self.core.parameters() if p.requires_grad]  # --lora, --train-only freeze the rest
-        if not parameters:
+        trainable = [(name, p) for name, p in self.core.named_parameters() if p.requires_grad]  # --lora, --train-only
+        if not trainable:
             raise ValueError("nothing to train: every parameter of the model is frozen (check --train-only)")
+        scores = score_names(self.core)
+        parameters = [{"params": [p for name, p in trainable if name not in scores]}]
+        mask_scores = [p for name, p in trainable if name in scores]
+        if mask_scores:
+            parameters.append({"params": mask_scores, "lr": config.learned_mask_lr(),
+                               "weight_decay": config.mask_weight_decay, "name": MASK_SCORES_GROUP})
         if config.cuda_graph:
             self.optimizer = capturable_adam(parameters, config.lr, config.weight_decay, self.device)
         elif config.optimizer == "adam":
@@ -149,6 +160,11 @@ class Trainer:
 
     def learning_rate(self) -> float:
         return float(self.scheduler.get_last_lr()[0])  # a device tensor under --cuda-graph
+
+    def set_mask_progress(self) -> None:
+        """Moves learned masks' temperature schedules to this step's place in training (gumbel estimator)."""
+        if self.config.mask_mode == "learned":
+            set_mask_progress(self.core, self.scheduler.last_epoch / max(1, len(self.train_loader) * self.config.epochs))
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         """One training step of this run alone, outside the epoch driver (dry-run estimates, benchmarks)."""
@@ -199,7 +215,13 @@ class Trainer:
         every = self.config.checkpoint_every_seconds
         return bool(every) and self.state.seconds_since_save() >= every
 
-    def load_model_state(self, saved: dict, path: Path) -> None:
+    def load_model_state(self, saved: dict, path: Path) -> bool:
+        """Loads the checkpoint's model weights; returns whether the model took the form of frozen masks for them
+        (its parameters then changed: learned scores are gone)."""
+        try:
+            refrozen = match_frozen_masks(self.core, saved["model"])
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
         try:
             self.core.load_state_dict(saved["model"])
         except RuntimeError as error:
@@ -207,6 +229,7 @@ class Trainer:
             detail = details[0] if details else str(error)
             raise ValueError(f"{path}: its weights do not fit the model of this run ({self.config.model}): "
                              f"{detail[:300]}") from None
+        return refrozen
 
     def restore(self, path: Path) -> None:
         saved = load_checkpoint(path, self.device)
@@ -217,7 +240,8 @@ class Trainer:
             raise ValueError(f"{path} was written with {name}={written!r}, this run has "
                              f"{name}={getattr(self.config, name)!r}; resume with the same options (or another "
                              f"--run-dir)")
-        self.load_model_state(saved, path)
+        if self.load_model_state(saved, path):
+            self.build_optimizer()  # a frozen checkpoint: the optimizer no longer has the scores' group
         self.optimizer.load_state_dict(saved["optimizer"])
         fit_loaded_optimizer(self.optimizer, capturable=self.config.cuda_graph)
         self.scheduler.load_state_dict(saved["scheduler"])
