@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from wtext import models
-from wtext.masks import freeze_checkpoint, learned_mask_statistics
+from wtext.analysis.mask_statistics import learned_mask_statistics
+from wtext.masks import freeze_checkpoint
 from wtext.masks.__main__ import main as masks_main
 from wtext.nn import MaskSpec, TiedMaskedWeight, freeze_masks, match_frozen_masks, pack_masks, unpack_masks
 from wtext.nn.learned_model import density_penalty, set_mask_progress

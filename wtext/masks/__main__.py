@@ -13,7 +13,7 @@ import sys
 from wtext.train.checkpoint import load_checkpoint
 
 from .freeze import freeze_checkpoint, model_of_checkpoint
-from .statistics import learned_mask_statistics
+from wtext.analysis.mask_statistics import learned_mask_statistics
 
 
 def parse(argv):

@@ -150,7 +150,7 @@ def finish_epoch(trainers: list[Trainer], step) -> None:
     eval_share = (time.perf_counter() - eval_start) / len(trainers)
     for trainer, run_totals, (test_loss, test_accuracy) in zip(trainers, totals, results):
         record = trainer.state.finish_epoch(run_totals, test_loss, test_accuracy, trainer.learning_rate(),
-                                            eval_share)
+                                            eval_share, trainer.mask_metrics())
         trainer.save()
         if trainer.cluster.main:
             append_metrics(trainer.run_dir, record)
@@ -161,6 +161,9 @@ def finish_epoch(trainers: list[Trainer], step) -> None:
 def epoch_line(record: dict) -> str:
     extra = (f", solver steps {record['solver_steps']:.1f}, residual {record['solver_residual']:.2e}"
              if "solver_steps" in record else "")
+    if "mask_hamming" in record:
+        extra += (f", masks: hamming {record['mask_hamming']:.3f} between applications, "
+                  f"{record['mask_equal_to_start']:.3f} as at the start")
     if "backward_solver_steps" in record:
         extra += f", backward solver steps {record['backward_solver_steps']:.1f}"
     return (f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "

@@ -56,8 +56,9 @@ class RunState:
         return time.monotonic() - self.last_save_time
 
     def finish_epoch(self, totals: dict[str, float], test_loss: float, test_accuracy: float, lr: float,
-                     eval_time: float) -> dict:
-        """The epoch's metrics record (appended to history); the counters, sums and clock start the next epoch."""
+                     eval_time: float, extra: dict | None = None) -> dict:
+        """The epoch's metrics record (appended to history), with `extra`'s entries (a learned-mask run's mask
+        statistics); the counters, sums and clock start the next epoch."""
         images = totals["images"]
         record = {
             "epoch": self.epoch + 1,
@@ -70,6 +71,7 @@ class RunState:
             "images_per_second": images / max(self.seconds, 1e-9),
             "eval_time_s": eval_time,
             **solver_metrics(totals),
+            **(extra or {}),
         }
         if test_accuracy > self.best[0]:
             self.best = (test_accuracy, self.epoch + 1)

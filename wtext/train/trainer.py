@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from wtext import lora, models
+from wtext.analysis.mask_statistics import learned_mask_statistics, mean_over_weights
 from wtext.data import DeviceLoader, load_dataset
 from wtext.nn import match_frozen_masks, set_mask_progress
 from wtext.nn.learned_model import score_names
@@ -165,6 +166,18 @@ class Trainer:
         """Moves learned masks' temperature schedules to this step's place in training (gumbel estimator)."""
         if self.config.mask_mode == "learned":
             set_mask_progress(self.core, self.scheduler.last_epoch / max(1, len(self.train_loader) * self.config.epochs))
+
+    def mask_metrics(self) -> dict[str, float]:
+        """A learned-mask run's per-epoch mask statistics (wtext.analysis.mask_statistics), averaged over its tied weights:
+        mask_hamming (mean pairwise Hamming distance between the applications' masks; nan with one application)
+        and mask_equal_to_start (share of mask entries as the seed-derived start had them). Empty for other runs."""
+        if self.config.mask_mode != "learned" or not hasattr(self.core, "tied_weights"):
+            return {}
+        rows = learned_mask_statistics(self.core)
+        if not rows:
+            return {}
+        return {"mask_hamming": mean_over_weights(rows, "hamming"),
+                "mask_equal_to_start": mean_over_weights(rows, "equal_to_start")}
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         """One training step of this run alone, outside the epoch driver (dry-run estimates, benchmarks)."""
