@@ -2,4 +2,5 @@
 describing them (python -m wtext.masks show; the statistics: wtext.analysis.mask_statistics)."""
 
 from .freeze import freeze_checkpoint
+
 __all__ = ["freeze_checkpoint"]
