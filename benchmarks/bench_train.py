@@ -10,8 +10,10 @@ cross-entropy, backward, Adam, schedule, on-device running sums) on one fixed ba
 - stored:  the same model with each tied weight's masks precomputed once and kept as a buffer, the views made by
            a plain `weight * masks` (what a PyTorch user without wtext would write);
 each eager and under torch.compile (the run's --compile), and on CUDA the shipped step captured in a CUDA graph
-(--cuda-graph). Cases are timed in turns, in one process (timing.py); ratios > 1 mean slower than the stored-mask
-step.
+(--cuda-graph); and the same model with learned masks (--mask-mode learned, eager): "learned ste" (one op makes
+the L views from the weight and the scores, top-k per application) and "learned gumbel" (relaxed gates in plain
+PyTorch), whose cost is compared with the static multi-mask step ("wtext eager"). Cases are timed in turns, in one
+process (timing.py); ratios > 1 mean slower than the stored-mask step.
 """
 
 import argparse
@@ -51,9 +53,11 @@ def trainer_for(preset: str, deq: str | None, args, case: str, scratch: str) -> 
     """The trainer of one case: "wtext eager", "stored eager", "wtext compiled", "stored compiled", "wtext graphed"
     (the step captured in a CUDA graph, --cuda-graph)."""
     graphed = case == "wtext graphed"
+    learned = dict(mask_mode="learned", mask_learning=case.split()[1]) if case.startswith("learned") else {}
     config = TrainConfig(model=preset, deq=deq, device=args.device, batch_size=args.batch, dataset="synthetic",
                          synthetic_train=args.batch * 2, synthetic_test=args.batch, progress=False,
-                         cuda_graph=graphed, run_dir=f"{scratch}/{preset}-{deq}-{case.replace(' ', '-')}")
+                         cuda_graph=graphed, run_dir=f"{scratch}/{preset}-{deq}-{case.replace(' ', '-')}",
+                         **learned)
     with contextlib.redirect_stdout(io.StringIO()):
         trainer = Trainer(config)
     if case.startswith("stored"):
@@ -70,6 +74,7 @@ def main() -> None:
                                           "e.g. resnet-tiny:implicit)")
     parser.add_argument("--batch", type=int, default=None, help="default: 32 on the CPU, 128 on CUDA")
     parser.add_argument("--no-compile", action="store_true", help="eager cases only")
+    parser.add_argument("--no-learned", action="store_true", help="leave out the learned-mask cases")
     add_interleaving_options(parser, warmup=3, repeats=3, rounds=5)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -85,6 +90,7 @@ def main() -> None:
         for preset, deq in cases:
             # The CUDA-graph step captures weight-tied models only (a DEQ twin's solve runs host-side loops).
             case_names = names + (["wtext graphed"] if device.type == "cuda" and deq is None else [])
+            case_names += [] if args.no_learned else ["learned ste", "learned gumbel"]
             trainers = {name: trainer_for(preset, deq, args, name, scratch) for name in case_names}
             images, labels = next(iter(trainers["wtext eager"].train_loader.epoch(0)))
             steps = {name: (lambda trainer=trainer: trainer.train_step(images, labels))
@@ -93,13 +99,14 @@ def main() -> None:
             title = preset + (f" (DEQ {deq})" if deq else "")
             print(f"\n{title}:")
             print(f"{'case':<16} | {'ms/step':>8} | {'images/s':>9} | {'vs stored eager':>15} | "
-                  f"{'vs stored compiled':>18}")
+                  f"{'vs stored compiled':>18} | {'vs wtext eager':>14}")
             for name in case_names:
                 ms = medians[name]
                 versus_compiled = (f"{ms / medians['stored compiled']:17.3f}x" if "stored compiled" in medians
                                    else f"{'-':>18}")
                 print(f"{name:<16} | {ms:8.2f} | {args.batch / ms * 1e3:9.0f} | "
-                      f"{ms / medians['stored eager']:14.3f}x | {versus_compiled}")
+                      f"{ms / medians['stored eager']:14.3f}x | {versus_compiled} | "
+                      f"{ms / medians['wtext eager']:13.3f}x")
 
 
 if __name__ == "__main__":
