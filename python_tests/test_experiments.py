@@ -11,17 +11,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from wtext.experiments import EXPERIMENTS
+from wtext.experiments import EXPERIMENTS, SCALES
 from wtext.experiments.__main__ import main
-from wtext.experiments.sweep import Sweep, parse_worker
+from wtext.experiments.sweep import PlanShown, Sweep, parse_worker
 from wtext.train import Interrupted, Trainer
+from wtext.train.model_builder import model_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--epochs", "1", "--train-images", "128", "--test-images", "64", "--device", "cpu", "--seeds", "2"]
 TINY_BASE = dict(dataset="synthetic", synthetic_train=128, synthetic_test=64, epochs=1, batch_size=32, lr=3e-3,
                  model="resnet-tiny", width=8, depth=2, progress=False, device="cpu")
 PLOTS = {"masks": "masks.png", "density": "density.png", "width-depth": "width_depth.png", "deq": "deq.png",
-         "cka": "cka.png", "quality": "quality.png", "mask-overlap": "mask_overlap.png", "lora": "lora.png"}
+         "cka": "cka.png", "quality": "quality.png", "mask-overlap": "mask_overlap.png", "lora": "lora.png",
+         "learned-masks": "learned_masks.png"}
+# Experiments with too many runs for the shared tests below (learned-masks: 10 arms, and learned masks of
+# paper-sized models take minutes of a dry run's timed steps on the 2-core CPU); each has tests of its own at a
+# smaller budget.
+OWN_TEST = {"learned-masks"}
 HEADERS = {"quality": "| data |", "mask-overlap": "| overlap |"}
 RUNS_PER_ROW = {"quality": 1}
 
@@ -37,7 +43,7 @@ def first_table(text: str) -> list[str]:
     return rows
 
 
-@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+@pytest.mark.parametrize("name", sorted(set(EXPERIMENTS) - OWN_TEST))
 def test_experiment_writes_tables_plot_and_raw_metrics(tmp_path, name, capsys):
     out = tmp_path / name
     assert main([name, "--out", str(out), *SMALL]) == 0
@@ -80,7 +86,7 @@ def test_paper_scale_needs_data(capsys):
     assert "give --data-dir" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+@pytest.mark.parametrize("name", sorted(set(EXPERIMENTS) - OWN_TEST))
 def test_paper_scale_plans_are_valid_and_estimated(tmp_path, name, capsys):
     # Paper scale needs a GPU and CIFAR-10; a dry run builds every run's trainer and times a few steps of each
     # distinct model on synthetic images of CIFAR's shape, without the files and without training.
@@ -223,3 +229,92 @@ def test_a_fused_sweep_trains_the_resnet_runs_as_one_group(tmp_path, capsys):
     capsys.readouterr()
     assert main(["masks", "--out", str(out), *SMALL, "--fuse"]) == 0
     assert capsys.readouterr().out.count("done before, skipped") == 12
+
+
+def test_learned_masks_reports_hamming_start_and_cka_and_fuses_only_static_resnets(tmp_path, capsys):
+    out = tmp_path / "learned"
+    # One seed of 32 training images (one step per run): 10 arms, the static ResNet arms fused.
+    assert main(["learned-masks", "--out", str(out), "--epochs", "1", "--train-images", "32", "--test-images", "16",
+                 "--device", "cpu", "--seeds", "1", "--fuse"]) == 0
+    printed = capsys.readouterr().out
+    assert "group 1: 3 runs fused" in printed and printed.count("mask_mode learned: each run trains") == 2
+    report = (out / "results.md").read_text()
+    header = first_table(report)[0]
+    for column in ("final acc", "mask Hamming between applications", "2p(1−p)", "masks equal to start",
+                   "mean off-diagonal CKA"):
+        assert column in header
+    rows = {line.split(" | ")[0].removeprefix("| "): line.split(" | ") for line in first_table(report)[1:]}
+    families, arms = ("resnet", "vit"), ("dense", "same", "multi", "learned-ste", "learned-gumbel")
+    assert set(rows) == {f"{family}-{arm}" for family in families for arm in arms}
+    for family, p in (("resnet", 0.5), ("vit", 0.9)):
+        # Static masks: one shared mask (dense, same) differs nowhere; independent exact masks near 2p(1-p).
+        assert rows[f"{family}-same"][3].startswith("0.0000") and rows[f"{family}-same"][4] == f"{2 * p * (1 - p):.4f}"
+        assert abs(float(rows[f"{family}-multi"][3].split()[0]) - 2 * p * (1 - p)) < 0.03
+        assert rows[f"{family}-multi"][5] == "—"  # static masks have no start to leave
+        for arm in ("learned-ste", "learned-gumbel"):
+            assert 0 <= float(rows[f"{family}-{arm}"][5].split()[0]) <= 1
+    verdicts = report.split("## Verdicts")[1]
+    for family in families:
+        for claim in ("learned-ste − multi", "learned-gumbel − multi", "learned-ste − dense",
+                      "learned-gumbel − dense", "learned-gumbel − learned-ste"):
+            assert f"| {family}: {claim} |" in verdicts
+    assert "2p(1−p)" in report.split("| run |")[0]  # the note says how to read the Hamming distance
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["comparisons"]) == 10 and set(results["per_run"]) == set(rows)
+    learned = results["per_run"]["resnet-learned-ste"]
+    assert len(learned["hamming_curve"]) == 1 and learned["hamming_curve"][0][-1] == learned["hamming"][0]
+    assert (out / "learned_masks.png").stat().st_size > 1000
+
+
+class RecordingSweep:
+    """A sweep that records the runs an experiment asks for and stops there."""
+
+    def __init__(self, given: dict):
+        self.given, self.fuse, self.runs = given, False, None
+
+    def run(self, runs: dict) -> dict:
+        self.runs = runs
+        raise PlanShown
+
+
+def tied_masks(model) -> list[torch.Tensor]:
+    return [module.application_masks() for module in model.tied_weights()]
+
+
+@pytest.mark.parametrize("scale", ["quick", "paper"])
+def test_learned_masks_arms_start_equal_and_build_at_both_scales(tmp_path, scale):
+    # The plan without the timed steps of a dry run: every arm's options validate and its model builds.
+    recorder = RecordingSweep({})
+    with pytest.raises(PlanShown):
+        EXPERIMENTS["learned-masks"].run(tmp_path, scale, recorder)
+    base = dict(SCALES[scale], device="cpu", data_dir=str(tmp_path))
+    jobs = Sweep(tmp_path, base, log=lambda message: None, given={"width": 8}).jobs(recorder.runs)
+    models = {job.name: model_for(job.config, 10) for job in jobs}
+    assert len(models) == 10 and all(job.config.pattern == "exact" for job in jobs)
+    for family in ("resnet", "vit"):
+        multi = tied_masks(models[f"{family}-multi"])
+        for arm in ("learned-ste", "learned-gumbel"):
+            # A learned arm's step 0 is the static multi-mask model of its seed: the same masks, so equal density.
+            learned = tied_masks(models[f"{family}-{arm}"])
+            assert len(learned) == len(multi) and all(torch.equal(a, b) for a, b in zip(learned, multi))
+
+
+def test_deq_takes_a_given_mask_mode_in_every_arm(tmp_path):
+    recorder = RecordingSweep({"mask_mode": "learned"})
+    with pytest.raises(PlanShown):
+        EXPERIMENTS["deq"].run(tmp_path, "quick", recorder)
+    assert "weight-tied-learned" in recorder.runs
+    jobs = Sweep(tmp_path, TINY_BASE, log=lambda message: None, given=recorder.given).jobs(recorder.runs)
+    images = torch.randn(2, 3, 32, 32)
+    for job in jobs:  # the weight-tied model and every DEQ twin build with learned masks and run
+        assert job.config.mask_mode == "learned"
+        model = model_for(job.config, 10)
+        assert any(getattr(module, "learned", None) is not None for module in model.modules()), job.name
+        model.eval()
+        with torch.no_grad():
+            assert model(images).shape == (2, 10)
+    default = RecordingSweep({})
+    with pytest.raises(PlanShown):
+        EXPERIMENTS["deq"].run(tmp_path, "quick", default)
+    assert default.runs["weight-tied-multi"]["mask_mode"] == "multi"
+    assert all(options["mask_mode"] == "same" for name, options in default.runs.items() if name.startswith("deq-"))

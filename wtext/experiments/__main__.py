@@ -2,7 +2,8 @@
 
     python -m wtext.experiments list
     python -m wtext.experiments NAME [--scale quick|paper] [--seeds N] [--dataset NAME] [--data-dir DIR]
-                                     [--model PRESET] [--width W] [--depth D] [--epochs N] [--batch-size B]
+                                     [--model PRESET] [--width W] [--depth D] [--mask-mode MODE] [--epochs N]
+                                     [--batch-size B]
                                      [--train-images N] [--test-images N] [--device DEV] [--out DIR]
                                      [--dry-run] [--worker I/N|slurm] [--no-train] [--fuse [--fuse-max K]]
 
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from wtext.data.datasets import DATASETS
 from wtext.models import PRESETS
+from wtext.nn import MASK_MODES
 from wtext.train import Interrupted, NonFiniteLoss
 
 from .definitions import EXPERIMENTS, SCALES
@@ -31,7 +33,7 @@ from .sweep import PlanShown, Sweep, WorkerFinished, parse_worker
 DEFAULT_SEEDS = {"quick": 3, "paper": 3}
 # Command-line options that set a TrainConfig field of every run: (option, field).
 RUN_OPTIONS = (("dataset", "dataset"), ("data_dir", "data_dir"), ("model", "model"), ("width", "width"),
-               ("depth", "depth"), ("epochs", "epochs"), ("batch_size", "batch_size"),
+               ("depth", "depth"), ("mask_mode", "mask_mode"), ("epochs", "epochs"), ("batch_size", "batch_size"),
                ("train_images", "synthetic_train"), ("test_images", "synthetic_test"))
 
 
@@ -59,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", choices=sorted(PRESETS), help="model preset of the runs that do not set their own")
     parser.add_argument("--width", type=positive_int, help="width of the runs that do not set their own")
     parser.add_argument("--depth", type=positive_int, help="depth of the runs that do not set their own")
+    parser.add_argument("--mask-mode", choices=MASK_MODES,
+                        help="mask mode of the runs that do not set their own; deq applies it to every arm, its DEQ "
+                             "twins included (e.g. learned)")
     parser.add_argument("--epochs", type=positive_int, help="epochs of every run")
     parser.add_argument("--batch-size", type=positive_int, help="batch size of every run")
     parser.add_argument("--train-images", type=positive_int, help="training images of the synthetic set")
@@ -85,7 +90,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.name == "list":
         for experiment in EXPERIMENTS.values():
-            print(f"{experiment.name:<12} {experiment.claim}")
+            print(f"{experiment.name:<14} {experiment.claim}")
         return 0
     try:
         worker = parse_worker(args.worker) if args.worker is not None else None

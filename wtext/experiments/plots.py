@@ -1,14 +1,14 @@
 """The PNG plots of the experiments: per-seed values drawn as their mean with the sample std as error bars.
 
 A plot is a value that report() saves into the results directory once results.json is written: Plot for one axis
-that an experiment draws on, CkaMaps for the heat maps of CKA matrices.
+that an experiment draws on, Panels for several side by side, CkaMaps for the heat maps of CKA matrices.
 """
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .measures import final_accuracies
+from .measures import final_accuracies, metric_curve
 from .statistics import mean_std
 
 
@@ -34,6 +34,25 @@ class Plot:
         figure, axis = plt.subplots(figsize=(6, 4))
         self.draw(axis)
         axis.grid(alpha=0.3)
+        figure.tight_layout()
+        figure.savefig(out_dir / self.file, dpi=100)
+        plt.close(figure)
+
+
+@dataclass
+class Panels:
+    """file: a 100 dpi PNG of grid-lined axes side by side, 6 x 4 inches each; draws[i](axis) draws panel i."""
+    file: str
+    draws: list[Callable]
+
+    def save(self, out_dir: Path) -> None:
+        if not self.draws:
+            raise ValueError(f"{self.file}: Panels needs at least one panel to draw")
+        plt = pyplot()
+        figure, axes = plt.subplots(1, len(self.draws), figsize=(6 * len(self.draws), 4), squeeze=False)
+        for axis, draw in zip(axes[0], self.draws):
+            draw(axis)
+            axis.grid(alpha=0.3)
         figure.tight_layout()
         figure.savefig(out_dir / self.file, dpi=100)
         plt.close(figure)
@@ -72,3 +91,20 @@ def draw_accuracy_curves(axis, results: dict, curves: dict[str, list[str]], x: s
         means, stds = zip(*(mean_std(final_accuracies(results, name)) for name in names))
         axis.errorbar(xs, means, yerr=stds, fmt="o-", capsize=4, label=label)
     axis.legend()
+
+
+def draw_metric_curves(axis, results: dict, names: list[str], key: str,
+                       start: dict[str, list[float]] | None = None) -> None:
+    """A per-epoch metric against the epoch: one line per run through its mean over seeds, with the sample std as
+    error bars. start: run name -> its per-seed values before training, drawn at epoch 0 where given."""
+    for name in names:
+        seeds = results[name]
+        epochs = [m["epoch"] for m in seeds[0]["metrics"]]
+        means, stds = zip(*(mean_std([metric_curve(r, key)[index] for r in seeds]) for index in range(len(epochs))))
+        if start is not None and name in start:
+            first_mean, first_std = mean_std(start[name])
+            epochs, means, stds = [0, *epochs], [first_mean, *means], [first_std, *stds]
+        axis.errorbar(epochs, means, yerr=stds, fmt="o-", capsize=4, label=name)
+    from matplotlib.ticker import MaxNLocator  # imported on first use, as pyplot() is
+
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole

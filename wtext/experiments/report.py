@@ -5,7 +5,7 @@ import json
 import math
 from pathlib import Path
 
-from .plots import CkaMaps, Plot
+from .plots import CkaMaps, Panels, Plot
 from .statistics import (COMPARISON_HEADER, CORRELATION_HEADER, Comparison, Correlation, comparison_row,
                          correlation_row, mean_std)
 from .sweep import markdown_table
@@ -35,8 +35,9 @@ def verdicts(comparisons: list[Comparison]) -> str:
     return "## Verdicts\n\n" + explanation + markdown_table(COMPARISON_HEADER, [comparison_row(c) for c in comparisons])
 
 
-def report(out_dir: Path, results: dict, comparisons: list[Comparison], plot: Plot | CkaMaps, header: list[str],
-           rows: list[list], note: str = "", raw: dict | None = None, correlations: list[Correlation] = ()) -> str:
+def report(out_dir: Path, results: dict, comparisons: list[Comparison], plot: Plot | Panels | CkaMaps,
+           header: list[str], rows: list[list], note: str = "", raw: dict | None = None,
+           correlations: list[Correlation] = ()) -> str:
     """How every experiment ends. Writes results.json (every seed's summary, metrics and config per run, the
     comparisons, raw: the experiment's own measurements, and the correlations), then the plot. Returns the body of
     results.md: the seeds, note, the table of runs (header, rows), the verdicts and, when there are any, the
