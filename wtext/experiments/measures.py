@@ -15,6 +15,7 @@ from wtext import models
 from wtext.analysis import cka_matrix
 from wtext.analysis.mask_statistics import mean_pairwise_hamming
 from wtext.data import DatasetCache, DeviceLoader
+from wtext.nn import match_frozen_masks
 from wtext.nn.mask_overlap import consecutive_hamming
 from wtext.nn.tied_weight import TiedMaskedWeight
 from wtext.train import TrainConfig
@@ -61,7 +62,9 @@ def trained_run(result: dict, datasets: DatasetCache):
     data = datasets(config.dataset, config.data_dir, synthetic_train=config.synthetic_train,
                     synthetic_test=config.synthetic_test, seed=config.seed)
     model = model_for(config, data.num_classes)
-    model.load_state_dict(load_checkpoint(Path(config.run_dir) / "checkpoint.pt")["model"])
+    state = load_checkpoint(Path(config.run_dir) / "checkpoint.pt")["model"]
+    match_frozen_masks(model, state)  # a run trained with --freeze-masks keeps its learned masks as bits
+    model.load_state_dict(state)
     return config, model, data
 
 

@@ -162,8 +162,9 @@ def epoch_line(record: dict) -> str:
     extra = (f", solver steps {record['solver_steps']:.1f}, residual {record['solver_residual']:.2e}"
              if "solver_steps" in record else "")
     if "mask_hamming" in record:
-        extra += (f", masks: hamming {record['mask_hamming']:.3f} between applications, "
-                  f"{record['mask_equal_to_start']:.3f} as at the start")
+        hamming = record["mask_hamming"]  # nan with one application (a DEQ twin): no pair to compare
+        extra += (", masks: " + ("" if math.isnan(hamming) else f"hamming {hamming:.3f} between applications, ")
+                  + f"{record['mask_equal_to_start']:.3f} as at the start")
     if "backward_solver_steps" in record:
         extra += f", backward solver steps {record['backward_solver_steps']:.1f}"
     return (f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
