@@ -46,6 +46,22 @@ def test_thresholds_equal_the_reference(device, shape, applications, ties):
         assert torch.equal(got, reference.thresholds(scores, kept)), kept
 
 
+@pytest.mark.parametrize("ties", [False, True])
+def test_the_aten_thresholds_kernel_equals_the_reference(ties):
+    # The thresholds op has two kernels: the CPU's own selection, and ATen ops (keys, kthvalue) for every other
+    # device, registered as CompositeExplicitAutograd. The second is called here directly, so a CPU run checks it
+    # too.
+    composite = torch._C.DispatchKey.CompositeExplicitAutograd
+    for shape in SHAPES:
+        scores = random_scores(5, shape, "cpu", ties)
+        numel = math.prod(shape)
+        for kept in (0, 1, numel // 2, numel):
+            got = torch.ops.wtext.learned_mask_thresholds.default._op_dk(composite, scores, kept)
+            assert torch.equal(got, reference.thresholds(scores, kept))
+    with pytest.raises(RuntimeError, match=r"kept=49"):
+        torch.ops.wtext.learned_mask_thresholds.default._op_dk(composite, torch.randn(2, 6, 8), 49)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("applications", [1, 3, 6, 70])
 @pytest.mark.parametrize("weight_dtype,out_dtype", [(torch.float32, None), (torch.float64, None),

@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <limits>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -19,6 +20,13 @@ std::vector<c10::SymInt> stacked_shape(const c10::SymInt& num_layers, const at::
   std::vector<c10::SymInt> shape{num_layers};
   shape.insert(shape.end(), weight.sym_sizes().begin(), weight.sym_sizes().end());
   return shape;
+}
+
+// "[L, 6, 8]" for a weight of shape [6, 8]: the shape a stacked tensor of L applications must have.
+std::string stacked_shape_text(const at::Tensor& weight) {
+  std::string text = "[L";
+  for (const c10::SymInt& size : weight.sym_sizes()) text += c10::str(", ", size);
+  return text + "]";
 }
 
 // A symbolic size (under torch.compile) is left to the kernel: comparing it would add a guard to every compiled
@@ -52,8 +60,8 @@ void check_scores_and_thresholds(const at::Tensor& weight, const at::Tensor& sco
   check_same_device(thresholds, "thresholds", weight);
   TORCH_CHECK(scores.scalar_type() == at::kFloat, "scores must be float32; got scores.dtype=", scores.scalar_type());
   TORCH_CHECK(scores.dim() == weight.dim() + 1 && scores.sym_sizes().slice(1) == weight.sym_sizes(),
-              "scores must have shape [L, *weight.shape] = [L, ", weight.sym_sizes(), "] (one score per weight element "
-              "and application); got scores.shape=", scores.sym_sizes());
+              "scores must have shape [L, *weight.shape] = ", stacked_shape_text(weight), " (one score per weight "
+              "element and application); got scores.shape=", scores.sym_sizes());
   TORCH_CHECK(scores.sym_size(0) >= 1, "scores must hold at least one application (L = scores.shape[0] >= 1); got "
               "scores.shape=", scores.sym_sizes());
   TORCH_CHECK(thresholds.scalar_type() == at::kLong,
@@ -264,8 +272,9 @@ TORCH_LIBRARY_FRAGMENT(wtext, m) {
   m.def("packed_masked_weights_backward(Tensor grad, Tensor weight, Tensor bits) -> Tensor");
 }
 
-// The thresholds op only calls ATen ops, so one registration serves every backend (the fake kernel in
-// wtext/ops/fake.py is registered for Meta, which takes precedence). Its output is an integer tensor: no gradient.
+// The thresholds op only calls ATen ops, so one registration serves every backend; the CPU has a faster kernel of its
+// own (learned_masks_cpu.cpp), and the fake kernel (wtext/ops/fake.py) is registered for Meta, both of which take
+// precedence. Its output is an integer tensor: no gradient.
 TORCH_LIBRARY_IMPL(wtext, CompositeExplicitAutograd, m) { m.impl("learned_mask_thresholds", &learned_mask_thresholds); }
 
 }  // namespace wtext

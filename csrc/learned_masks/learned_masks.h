@@ -39,8 +39,12 @@ struct LearnedMaskParams {
 // The float32 bits of a score as an int32 that orders like the float (-2.0 < -1.0 < -0.0 < +0.0 < 1.0): negative
 // values have their 31 low bits flipped. (C++20: >> of a negative int is arithmetic.)
 WTEXT_HD int32_t ordered_score(float score) {
+#if defined(__CUDA_ARCH__)
+  const int32_t bits = __float_as_int(score);
+#else
   int32_t bits;
   std::memcpy(&bits, &score, sizeof(bits));
+#endif
   return bits ^ ((bits >> 31) & 0x7FFFFFFF);
 }
 
@@ -109,7 +113,8 @@ void check_packed_masked_weights(const at::Tensor& weight, const at::Tensor& bit
 void check_packed_masked_weights_backward(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& bits);
 
 // The thresholds, int64 [L]: the kept-th largest key of each application's scores (2^63 - 1 when kept = 0). Built
-// from ATen ops, so it runs on any device without a host sync.
+// from ATen ops (keys, then kthvalue), so it runs on any device without a host sync; the CPU registers a selection
+// of its own.
 at::Tensor learned_mask_thresholds(const at::Tensor& scores, int64_t kept);
 
 at::Tensor learned_masked_weights_op(const LearnedMaskKernels& kernels, const at::Tensor& weight,

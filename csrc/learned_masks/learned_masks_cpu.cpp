@@ -1,10 +1,15 @@
-// CPU element loops of the learned and packed mask ops, parallel over blocks of weight elements. A block is handled
-// for every application in turn, so its weights (forward) or its gradient sums (backward) stay in L1 across them.
+// CPU element loops of the learned and packed mask ops, parallel over blocks of weight elements (a block is handled
+// for every application in turn, so its weights or gradient sums stay in L1 across them), and the thresholds.
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstdint>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <vector>
 
 #include "learned_masks/learned_masks.h"
 #include "mask/cpu_loops.h"
@@ -37,18 +42,28 @@ void keep_block(const LearnedMaskParams& params, const LearnedMaskSource& source
   }
 }
 
+// The eight flags of one byte of a packed mask, flag j = bit j, as the bytes of a little-endian uint64: the
+// multiplication copies the byte into all eight lanes, the mask keeps bit j in lane j, and adding 0x7F carries a
+// lane's set bit into its top bit (never into the next lane: 0x80 + 0x7F = 0xFF). Four operations per 8 elements.
+inline uint64_t byte_flags(uint8_t byte) {
+  const uint64_t lanes = (byte * 0x0101010101010101ULL) & 0x8040201008040201ULL;
+  return ((lanes + 0x7F7F7F7F7F7F7F7FULL) & 0x8080808080808080ULL) >> 7;
+}
+
 // keep_flags[k] = bit begin + k of the packed mask of application `layer`, a whole byte at a time (begin is a
-// multiple of 8), so the eight shifts unroll instead of every element computing its byte address.
+// multiple of 8).
 void keep_block(const LearnedMaskParams& params, const PackedMaskSource& source, int64_t layer, int64_t begin,
                 int64_t end, uint8_t* keep_flags) {
   const uint8_t* bytes = source.bits + layer * params.packed_bytes + begin / 8;
   const int64_t count = end - begin;
-  const int64_t full_bytes = count / 8;
-  for (int64_t b = 0; b < full_bytes; ++b) {
-    const uint8_t byte = bytes[b];
-    for (int bit = 0; bit < 8; ++bit) keep_flags[8 * b + bit] = (byte >> bit) & 1;
+  int64_t k = 0;
+  if constexpr (std::endian::native == std::endian::little) {
+    for (; k + 8 <= count; k += 8) {
+      const uint64_t flags = byte_flags(bytes[k >> 3]);
+      std::memcpy(keep_flags + k, &flags, sizeof(flags));
+    }
   }
-  for (int64_t k = 8 * full_bytes; k < count; ++k) keep_flags[k] = (bytes[k >> 3] >> (k & 7)) & 1;
+  for (; k < count; ++k) keep_flags[k] = (bytes[k >> 3] >> (k & 7)) & 1;
 }
 
 template <typename Source, bool kRowMajor, typename in_t, typename out_t>
@@ -172,11 +187,40 @@ void packed_backward_cpu(const LearnedMaskParams& params, const at::Tensor& grad
                at::Tensor());
 }
 
+// The thresholds on a CPU: each application's keys built in a buffer and the kept-th largest selected in place
+// (std::nth_element), applications in parallel. The ATen ops the other devices use (learned_mask_thresholds: key
+// tensors, then kthvalue, which also tracks the indices of the values it moves) took 1.7x as long on the dev CPU
+// (0.92 vs 0.55 ms for 3 applications of 18432 elements, one thread). Keys are distinct, so both give one value.
+at::Tensor learned_mask_thresholds_cpu(const at::Tensor& scores, int64_t kept) {
+  check_learned_mask_thresholds(scores, kept);
+  const int64_t num_layers = scores.size(0);
+  const int64_t numel = scores.numel() / num_layers;
+  at::Tensor thresholds = at::empty({num_layers}, scores.options().dtype(at::kLong));
+  if (kept == 0) return thresholds.fill_(std::numeric_limits<int64_t>::max());
+  const at::Tensor scores_read = scores.contiguous();
+  const float* scores_ptr = scores_read.const_data_ptr<float>();
+  int64_t* out = thresholds.mutable_data_ptr<int64_t>();
+  at::parallel_for(0, num_layers, 1, [&](int64_t first, int64_t last) {
+    std::vector<int64_t> keys(static_cast<size_t>(numel));
+    for (int64_t layer = first; layer < last; ++layer) {
+      const float* layer_scores = scores_ptr + layer * numel;
+      for (int64_t i = 0; i < numel; ++i) keys[i] = learned_order_key(layer_scores[i], i);
+      const auto kth = keys.begin() + (kept - 1);
+      std::nth_element(keys.begin(), kth, keys.end(), std::greater<int64_t>());
+      out[layer] = *kth;
+    }
+  });
+  return thresholds;
+}
+
 constexpr LearnedMaskKernels kCpuKernels{&learned_forward_cpu, &packed_forward_cpu, &learned_backward_cpu,
                                          &packed_backward_cpu};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(wtext, CPU, m) { register_learned_mask_ops<kCpuKernels>(m); }
+TORCH_LIBRARY_IMPL(wtext, CPU, m) {
+  register_learned_mask_ops<kCpuKernels>(m);
+  m.impl("learned_mask_thresholds", &learned_mask_thresholds_cpu);
+}
 
 }  // namespace wtext
