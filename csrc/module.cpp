@@ -5,6 +5,7 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include "anderson/anderson.h"
+#include "learned_masks/learned_masks.h"
 #include "masked_conv2d/masked_conv2d.h"
 #include "masked_layer/masked_layer.h"
 #include "masked_linear/masked_linear.h"
@@ -19,6 +20,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("check_masked_conv2d_backward", &wtext::check_masked_conv2d_backward);
   m.def("check_masked_linear", &wtext::check_masked_linear);
   m.def("check_masked_linear_backward", &wtext::check_masked_linear_backward);
+  m.def("check_learned_mask_thresholds", &wtext::check_learned_mask_thresholds);
+  m.def("check_learned_masked_weights", &wtext::check_learned_masked_weights);
+  m.def("check_learned_masked_weights_backward", &wtext::check_learned_masked_weights_backward);
+  m.def("check_packed_masked_weights", &wtext::check_packed_masked_weights);
+  m.def("check_packed_masked_weights_backward", &wtext::check_packed_masked_weights_backward);
   m.def("check_anderson_step", &wtext::check_anderson_step);
   m.def("check_anderson_tracked_step", &wtext::check_anderson_tracked_step);
   m.def("empty_tied_masked_weights", &wtext::empty_tied_masked_weights);

@@ -16,6 +16,7 @@ Run as a script (python python_tests/test_fuzz_ops.py) it prints every case and 
 
 import dataclasses
 import json
+import math
 import os
 import re
 import subprocess
@@ -27,7 +28,9 @@ import torch
 import torch.nn.functional as F
 
 import wtext.ops as ops
+from wtext.nn import learned_reference
 from wtext.nn.mask_reference import torch_mask
+from wtext.nn.packed_masks import pack_masks, unpack_masks
 
 ERRORS = (TypeError, ValueError, RuntimeError, IndexError)
 EXPECTED = {"error": "clear", "valid": "correct"}
@@ -56,7 +59,7 @@ def t(*shape, dtype=torch.float32, device="cpu"):
                   else torch.ones(shape, dtype=dtype, device=device))
 
 
-TENSOR_ARGS = ("x", "weight", "bias")
+TENSOR_ARGS = ("x", "weight", "bias", "scores", "thresholds", "bits")
 
 
 def build(args: dict, meta: bool = False) -> dict:
@@ -91,6 +94,19 @@ def reference_linear(a):
     return F.linear(a["x"], masked(a["weight"], a).to(a["x"].dtype), bias)
 
 
+def fixed_scores(*shape):
+    """Scores the same on every build (a learned op's thresholds and bits are built from them)."""
+    return torch.sin(torch.arange(math.prod(shape), dtype=torch.float32)).reshape(shape)
+
+
+def reference_learned(a):
+    return learned_reference.learned_masked_weights(a["weight"], a["scores"], a["thresholds"], a["dtype"])
+
+
+def reference_packed(a):
+    return (a["weight"] * unpack_masks(a["bits"], a["weight"].shape)).to(a["dtype"] or a["weight"].dtype)
+
+
 # --- the ops, each with the arguments of one valid call ---
 
 OPS = {
@@ -116,6 +132,19 @@ OPS = {
         reference=reference_conv,
         args=dict(x=t(2, 4, 7, 7), weight=t(6, 4, 3, 3), bias=t(6), seed=3, layer=1, density=0.5, pattern="bernoulli",
                   stride=1, padding=1, dilation=1, nm=(2, 4))),
+    "learned_mask_thresholds": dict(
+        call=lambda a: ops.learned_mask_thresholds(a["scores"], a["kept"]),
+        reference=lambda a: learned_reference.thresholds(a["scores"], int(a["kept"])),
+        args=dict(scores=Tensor(lambda: fixed_scores(3, 6, 8)), kept=20)),
+    "learned_masked_weights": dict(
+        call=lambda a: ops.learned_masked_weights(a["weight"], a["scores"], a["thresholds"], a["dtype"]),
+        reference=reference_learned,
+        args=dict(weight=t(6, 8), scores=Tensor(lambda: fixed_scores(3, 6, 8)),
+                  thresholds=Tensor(lambda: learned_reference.thresholds(fixed_scores(3, 6, 8), 20)), dtype=None)),
+    "packed_masked_weights": dict(
+        call=lambda a: ops.packed_masked_weights(a["weight"], a["bits"], a["dtype"]),
+        reference=reference_packed,
+        args=dict(weight=t(6, 8), bits=Tensor(lambda: pack_masks(fixed_scores(3, 6, 8) > 0)), dtype=None)),
     "masked_linear": dict(
         call=lambda a: ops.masked_linear(a["x"], a["weight"], a["bias"], a["seed"], a["layer"], a["density"],
                                          a["pattern"], nm=a["nm"]),
@@ -283,6 +312,50 @@ def linear_cases() -> list[Case]:
     ]
 
 
+def learned_cases() -> list[Case]:
+    thresholds, learned, packed = "learned_mask_thresholds", "learned_masked_weights", "packed_masked_weights"
+    channels_last = Tensor(lambda: torch.randn(6, 4, 3, 3).contiguous(memory_format=torch.channels_last))
+    scores_4d = Tensor(lambda: fixed_scores(3, 6, 4, 3, 3))
+    thresholds_4d = Tensor(lambda: learned_reference.thresholds(fixed_scores(3, 6, 4, 3, 3), 50))
+    bits_4d = Tensor(lambda: pack_masks(fixed_scores(3, 6, 4, 3, 3) > 0.2))
+    int64 = dict(dtype=torch.int64)
+    return [
+        *op_cases(thresholds, "scores", [None, [1.0], t(3, 6, 8, dtype=torch.float64), t(3, 48), t(48),
+                                         t(3, 6, 8, dtype=torch.bfloat16)],
+                  valid=[non_contiguous(3, 6, 8), t(3, 5, 3, 3)]),
+        *op_cases(thresholds, "scores", [], kept=1, valid=[t(1, 1, 1)]),
+        *op_cases(thresholds, "scores", [t(0, 6, 8)], kept=0),
+        *op_cases(thresholds, "kept", [-1, 49, 1.5, True, None, "3", 2**70, [3]], valid=[0, 48, np.int64(5)]),
+        *op_cases(learned, "weight", [[[1.0]], None, t(6, 8, dtype=torch.int64), t(6, 8, dtype=torch.complex64),
+                                      t(6, 8, device="meta")],
+                  valid=[non_contiguous(6, 8), expanded(6, 8), t(6, 8, dtype=torch.float64),
+                         t(6, 8, dtype=torch.bfloat16)]),
+        *op_cases(learned, "weight", [t(48)], scores=t(3, 48), names=r"\bweight\b"),
+        *op_cases(learned, "weight", [Tensor(lambda: torch.randn(1, 1).expand(2**16, 2**16))],
+                  scores=Tensor(lambda: torch.randn(1, 1, 1).expand(3, 2**16, 2**16))),
+        *op_cases(learned, "weight", [], scores=scores_4d, thresholds=thresholds_4d, valid=[channels_last]),
+        *op_cases(learned, "scores", [None, 1.0, t(3, 6, 8, dtype=torch.float64), t(3, 6, 7), t(6, 8), t(3, 8, 6),
+                                      t(3, 6, 8, device="meta"), t(3, 6, 8, dtype=torch.float16)],
+                  valid=[non_contiguous(3, 6, 8)]),
+        *op_cases(learned, "scores", [t(0, 6, 8)], thresholds=t(0, **int64)),
+        *op_cases(learned, "thresholds", [None, 3, t(3), t(3, dtype=torch.int32), t(4, **int64), t(3, 1, **int64),
+                                          t(**int64), t(3, device="meta", **int64)],
+                  valid=[Tensor(lambda: torch.tensor([2**63 - 1, -2**63, 0]))]),
+        *op_cases(learned, "dtype", ["float16", torch.int32, 3, torch.bool], valid=[torch.bfloat16, torch.float64]),
+        *op_cases(packed, "weight", [[[1.0]], None, t(6, 8, dtype=torch.int32), t(6, 8, device="meta"), t(48)],
+                  valid=[non_contiguous(6, 8), expanded(6, 8), t(6, 8, dtype=torch.float16)]),
+        *op_cases(packed, "weight", [], bits=bits_4d, valid=[channels_last]),
+        *op_cases(packed, "bits", [None, b"\x00", t(3, 6), t(3, 6, dtype=torch.int8), t(3, 6, dtype=torch.bool),
+                                   t(3, 7, dtype=torch.uint8), t(3, 5, dtype=torch.uint8), t(18, dtype=torch.uint8),
+                                   t(3, 6, 1, dtype=torch.uint8), t(0, 6, dtype=torch.uint8),
+                                   t(3, 6, dtype=torch.uint8, device="meta")],
+                  valid=[Tensor(lambda: torch.randint(0, 256, (6, 3), dtype=torch.uint8).t()),
+                         Tensor(lambda: torch.full((1, 1), 255, dtype=torch.uint8).expand(3, 6))]),
+        *op_cases(packed, "bits", [t(3, 6, dtype=torch.uint8)], weight=t(7, 7), names=r"\bbits\b.*\[L, 7\]"),
+        *op_cases(packed, "dtype", [torch.int64, "bfloat16"], valid=[torch.float64]),
+    ]
+
+
 LINEAR_TAIL = (3, 1, 0.5, "bernoulli", 2, 4, [True, True])
 CONV_TAIL = (3, 1, 0.5, "bernoulli", 2, 4, [1, 1], [1, 1], [1, 1], [True, True])
 TIED_TAIL = ([0, 1], 3, 0.5, "bernoulli", 2, 4, "multi")
@@ -322,6 +395,24 @@ def backward_cases() -> list[Case]:
                                    f"grad: wrong {text}"))
     cases.append(backward_case("tied_masked_weights_backward", tied, (t(2, 6, 8), t(6, 8, device="meta"), *TIED_TAIL),
                                word("weight"), "weight: wrong device"))
+    learned = torch.ops.wtext.learned_masked_weights_backward
+    packed = torch.ops.wtext.packed_masked_weights_backward
+    scores, thresholds = Tensor(lambda: fixed_scores(3, 6, 8)), t(3, dtype=torch.int64)
+    bits = t(3, 6, dtype=torch.uint8)
+    for bad, text in ((t(2, 6, 8), "shape"), (t(3, 6, 8, dtype=torch.int64), "dtype"),
+                      (t(3, 6, 8, device="meta"), "device"), (t(3, 48), "flat shape")):
+        cases.append(backward_case("learned_masked_weights_backward", learned,
+                                   (bad, w, scores, thresholds, [True, True]), word("grad"), f"grad: wrong {text}"))
+        cases.append(backward_case("packed_masked_weights_backward", packed, (bad, w, bits), word("grad"),
+                                   f"grad: wrong {text}"))
+    cases.append(backward_case("learned_masked_weights_backward", learned,
+                               (t(3, 6, 8), w, t(3, 6, 8, dtype=torch.float64), thresholds, [True, True]),
+                               word("scores"), "scores: wrong dtype"))
+    cases.append(backward_case("learned_masked_weights_backward", learned,
+                               (t(3, 6, 8), w, scores, t(2, dtype=torch.int64), [False, True]),
+                               word("thresholds"), "thresholds: wrong shape"))
+    cases.append(backward_case("packed_masked_weights_backward", packed, (t(3, 6, 8), w, t(3, 5, dtype=torch.uint8)),
+                               word("bits"), "bits: wrong shape"))
 
     def unbatched_bias_gradient():  # the gradients autograd asks the ops for, against F.linear's
         x, w = torch.randn(8, dtype=torch.float64), torch.randn(6, 8, dtype=torch.float64)
@@ -375,7 +466,8 @@ def anderson_cases() -> list[Case]:
 
 
 def all_cases() -> list[Case]:
-    return mask_cases() + tied_cases() + conv_cases() + linear_cases() + backward_cases() + anderson_cases()
+    return (mask_cases() + tied_cases() + learned_cases() + conv_cases() + linear_cases() + backward_cases() +
+            anderson_cases())
 
 
 # --- classification ---

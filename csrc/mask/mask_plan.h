@@ -36,8 +36,10 @@ struct TiedMaskParams {
 
 // Memory offset of logical element i (row-major [out, in, kh, kw] index) in the params' stored layout. The
 // arithmetic is 32-bit (weights have fewer than 2^32 elements, see check_mask_plan): a 64-bit division costs
-// several times more on a GPU.
-WTEXT_HD int64_t stored_offset(const TiedMaskParams& params, int64_t i) {
+// several times more on a GPU. Params is TiedMaskParams or any struct with its layout fields (reduction,
+// channels_last_in, channels_last_spatial), so the learned-mask kernels (csrc/learned_masks) share this arithmetic.
+template <typename Params>
+WTEXT_HD int64_t stored_offset(const Params& params, int64_t i) {
   if (params.channels_last_in == 0) return i;
   const auto in = static_cast<uint32_t>(params.channels_last_in);
   const auto spatial = static_cast<uint32_t>(params.channels_last_spatial);
@@ -46,7 +48,8 @@ WTEXT_HD int64_t stored_offset(const TiedMaskParams& params, int64_t i) {
 }
 
 // The inverse: the logical index of the element stored at memory offset s.
-WTEXT_HD int64_t logical_index(const TiedMaskParams& params, int64_t s) {
+template <typename Params>
+WTEXT_HD int64_t logical_index(const Params& params, int64_t s) {
   if (params.channels_last_in == 0) return s;
   const auto in = static_cast<uint32_t>(params.channels_last_in);
   const auto spatial = static_cast<uint32_t>(params.channels_last_spatial);

@@ -4,14 +4,15 @@
 #include <torch/library.h>
 
 #include <array>
+#include <utility>
 #include <vector>
 
 namespace wtext {
 
 namespace {
 
-std::vector<c10::SymInt> stacked_shape(int64_t num_layers, c10::SymIntArrayRef weight_shape) {
-  std::vector<c10::SymInt> shape{num_layers};
+std::vector<c10::SymInt> stacked_shape(c10::SymInt num_layers, c10::SymIntArrayRef weight_shape) {
+  std::vector<c10::SymInt> shape{std::move(num_layers)};
   shape.insert(shape.end(), weight_shape.begin(), weight_shape.end());
   return shape;
 }
@@ -28,12 +29,6 @@ void set_channels_last(TiedMaskParams& params, const at::Tensor& like) {
   params.channels_last_spatial = like.size(2) * like.size(3);
 }
 
-// Whether `stacked` [L, *weight.shape] holds channels_last views of a 4-d weight (and is not also row-major).
-bool stacked_channels_last(const at::Tensor& stacked, const at::Tensor& weight) {
-  return weight.dim() == 4 && !stacked.is_contiguous() &&
-         stacked.sym_strides() == c10::SymIntArrayRef(stacked_channels_last_strides(weight));
-}
-
 // The layers of `chunk` in a tensor holding the plan's layers along dim 0. A single chunk is the whole tensor,
 // which may then also be one layer without that dim (a masked layer op's weight): no view op on that hot path.
 at::Tensor chunk_layers(const at::Tensor& layers, const TiedMaskPlan& plan, int64_t start, int64_t count) {
@@ -44,6 +39,11 @@ at::Tensor chunk_layers(const at::Tensor& layers, const TiedMaskPlan& plan, int6
 
 bool channels_last_only(const at::Tensor& tensor) {
   return tensor.dim() == 4 && !tensor.is_contiguous() && tensor.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+bool stacked_channels_last(const at::Tensor& stacked, const at::Tensor& weight) {
+  return weight.dim() == 4 && stacked.dim() == 5 && !stacked.is_contiguous() &&
+         stacked.sym_strides() == c10::SymIntArrayRef(stacked_channels_last_strides(weight));
 }
 
 // Writes W ⊙ M_l for the plan's layers into out (its layers row-major, or channels_last views when
@@ -111,9 +111,9 @@ void check_tied_masked_weights_backward(const at::Tensor& grad, const at::Tensor
   check_mask_plan(weight, layers, density, pattern, nm_n, nm_m, mode);
 }
 
-at::Tensor empty_tied_masked_weights(const at::Tensor& weight, int64_t num_layers,
+at::Tensor empty_tied_masked_weights(const at::Tensor& weight, c10::SymInt num_layers,
                                      std::optional<at::ScalarType> dtype) {
-  const auto shape = stacked_shape(num_layers, weight.sym_sizes());
+  const auto shape = stacked_shape(std::move(num_layers), weight.sym_sizes());
   const at::TensorOptions options = weight.options().dtype(dtype.value_or(weight.scalar_type()));
   if (channels_last_only(weight)) {
     return at::empty_strided_symint(shape, stacked_channels_last_strides(weight), options);

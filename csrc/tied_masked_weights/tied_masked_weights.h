@@ -27,6 +27,11 @@ struct TiedMaskKernels {
 // kh = kw = 1 make the two orders equal, and then no index map is needed).
 bool channels_last_only(const at::Tensor& tensor);
 
+// Whether `stacked` [L, *weight.shape] holds channels_last views of a 4-d weight (and is not also row-major): the
+// layout of empty_tied_masked_weights for a channels_last weight, and of the gradient unbind's backward stacks for
+// such views. The backward kernels read it in place.
+bool stacked_channels_last(const at::Tensor& stacked, const at::Tensor& weight);
+
 // Writes W ⊙ M_l for the plan's layers into out (its layers row-major, or channels_last views when
 // `channels_last`). A plan of one chunk may write a single layer's tensor without the layers dim (a masked layer's
 // weight).
@@ -52,8 +57,10 @@ void check_tied_masked_weights_backward(const at::Tensor& grad, const at::Tensor
 // tied_masked_weights' output, uninitialized: [num_layers, *weight.shape] in `dtype` (weight's by default) on weight's
 // device. The views take the weight's layout: a channels_last weight (a model moved to channels_last) gets
 // channels_last views, which a channels_last convolution takes as they are instead of reordering the weight on every
-// call; any other weight gets row-major ones. The fake kernel allocates with it too.
-at::Tensor empty_tied_masked_weights(const at::Tensor& weight, int64_t num_layers, std::optional<at::ScalarType> dtype);
+// call; any other weight gets row-major ones. The fake kernels allocate with it too (num_layers is symbolic there
+// when it is a traced tensor's size, as the learned-mask ops' L).
+at::Tensor empty_tied_masked_weights(const at::Tensor& weight, c10::SymInt num_layers,
+                                     std::optional<at::ScalarType> dtype);
 
 at::Tensor mask_op(const TiedMaskKernels& kernels, const at::Tensor& like, int64_t seed, int64_t layer, double density,
                    const std::string& pattern, int64_t nm_n, int64_t nm_m);

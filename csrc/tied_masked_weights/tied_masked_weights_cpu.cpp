@@ -5,9 +5,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstring>
-#include <type_traits>
 
+#include "mask/cpu_loops.h"
 #include "tied_masked_weights/tied_masked_weights.h"
 
 namespace wtext {
@@ -53,58 +52,6 @@ void mask_block(const TiedMaskParams& params, const LayerMask& layer, int64_t be
     for (int64_t i = begin; i < end; ++i) {
       keep_flags[i - begin] = keep<P>(layer, static_cast<uint64_t>(i), params.reduction, params.nm_n, params.nm_m);
     }
-  }
-}
-
-// `keep ? value : 0` without a branch: masks are random, so a branch would mispredict on half the elements (this
-// alone made the loops 5x slower). Clearing the bits keeps the semantics of a select (a dropped inf or NaN becomes
-// +0, not NaN as multiplying by the mask would give) and lets the compiler vectorize.
-template <typename T>
-inline T select_or_zero(uint8_t keep, T value) {
-  using Bits = std::conditional_t<sizeof(T) == 8, uint64_t, std::conditional_t<sizeof(T) == 4, uint32_t, uint16_t>>;
-  static_assert(sizeof(Bits) == sizeof(T), "unsupported element size");
-  Bits bits;
-  std::memcpy(&bits, &value, sizeof(T));
-  bits &= static_cast<Bits>(-static_cast<Bits>(keep));
-  std::memcpy(&value, &bits, sizeof(T));
-  return value;
-}
-
-// Runs body(begin, end) over the weight in blocks, in parallel.
-template <typename Body>
-void for_each_block(int64_t numel, int64_t block, const Body& body) {
-  const int64_t num_blocks = (numel + block - 1) / block;
-  at::parallel_for(0, num_blocks, 1, [&](int64_t first, int64_t last) {
-    for (int64_t b = first; b < last; ++b) body(b * block, std::min(numel, (b + 1) * block));
-  });
-}
-
-// Stored offsets (see stored_offset) of the logical elements [begin, end), walked with counters: a division per
-// element, as stored_offset does, would cost more than the masking itself on a CPU.
-void stored_offsets(const TiedMaskParams& params, int64_t begin, int64_t end, int64_t* offsets) {
-  const int64_t in = params.channels_last_in, spatial = params.channels_last_spatial;
-  int64_t row_start = begin - begin % params.reduction;
-  int64_t c = (begin - row_start) / spatial, k = (begin - row_start) % spatial;
-  for (int64_t i = begin; i < end; ++i) {
-    offsets[i - begin] = row_start + k * in + c;
-    if (++k == spatial) {
-      k = 0;
-      if (++c == in) {
-        c = 0;
-        row_start += params.reduction;
-      }
-    }
-  }
-}
-
-// Turns "the stored tensor is row-major" into a template argument, so the row-major loops carry no index map and
-// stay vectorizable; fn receives std::bool_constant<row_major>.
-template <typename Fn>
-void dispatch_layout(const TiedMaskParams& params, Fn&& fn) {
-  if (params.channels_last_in == 0) {
-    fn(std::true_type{});
-  } else {
-    fn(std::false_type{});
   }
 }
 

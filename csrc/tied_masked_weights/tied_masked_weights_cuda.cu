@@ -4,21 +4,16 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <array>
-#include <atomic>
-
+#include "mask/cuda_grid.h"
 #include "tied_masked_weights/tied_masked_weights.h"
 
 namespace wtext {
 
 namespace {
-
-constexpr int kThreads = 256;
 
 template <MaskPattern P, typename in_t, typename out_t>
 __global__ void forward_kernel(const TiedMaskParams params, const in_t* __restrict__ weight, out_t* __restrict__ out) {
@@ -50,34 +45,6 @@ __global__ void backward_kernel(const TiedMaskParams params, const grad_t* __res
   }
 }
 
-int multiprocessor_count() {
-  // Read once per device: a driver query on every launch adds host time to ops that run once per tied application.
-  // (ATen/cuda/CUDAContext.h would give the SM count too, but it pulls in cuSPARSE/cuBLAS headers that a bare
-  // CUDA toolkit need not have.)
-  constexpr int kMaxDevices = 64;
-  static std::array<std::atomic<int>, kMaxDevices> counts{};
-  const int device = c10::cuda::current_device();
-  const auto query = [device] {
-    int count = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-    return count;
-  };
-  if (device >= kMaxDevices) return query();  // beyond the cache: asked each time, still correct
-  int count = counts[device].load(std::memory_order_relaxed);
-  if (count == 0) {
-    count = query();
-    counts[device].store(count, std::memory_order_relaxed);
-  }
-  return count;
-}
-
-int grid_size(int64_t numel) {
-  // Enough blocks to fill the GPU several times over; the grid-stride loop covers the rest.
-  const int64_t max_blocks = static_cast<int64_t>(multiprocessor_count()) * 32;
-  const int64_t needed = (numel + kThreads - 1) / kThreads;
-  return static_cast<int>(std::max<int64_t>(1, std::min(needed, max_blocks)));
-}
-
 void forward_cuda(const TiedMaskParams& params, MaskPattern pattern, const at::Tensor& weight, const at::Tensor& out) {
   const c10::cuda::CUDAGuard guard(out.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -88,7 +55,7 @@ void forward_cuda(const TiedMaskParams& params, MaskPattern pattern, const at::T
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "tied_masked_weights_cuda_out", [&] {
       using out_t = scalar_t;
       dispatch_pattern(pattern, [&](auto p) {
-        forward_kernel<decltype(p)::value, in_t, out_t><<<grid_size(params.numel), kThreads, 0, stream>>>(
+        forward_kernel<decltype(p)::value, in_t, out_t><<<grid_size(params.numel), kMaskThreads, 0, stream>>>(
             params, weight_ptr, out.mutable_data_ptr<out_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
@@ -105,7 +72,7 @@ void backward_cuda(const TiedMaskParams& params, MaskPattern pattern, const at::
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_weight.scalar_type(), "tied_masked_weights_backward_cuda_w", [&] {
       using weight_t = scalar_t;
       dispatch_pattern(pattern, [&](auto p) {
-        backward_kernel<decltype(p)::value, grad_t, weight_t><<<grid_size(params.numel), kThreads, 0, stream>>>(
+        backward_kernel<decltype(p)::value, grad_t, weight_t><<<grid_size(params.numel), kMaskThreads, 0, stream>>>(
             params, grad.const_data_ptr<grad_t>(), grad_weight.mutable_data_ptr<weight_t>(), accumulate);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });

@@ -121,3 +121,81 @@ def _tied_double_backward(ctx, grad_grad_weight):
 
 torch.library.register_autograd("wtext::tied_masked_weights_backward", _tied_double_backward,
                                 setup_context=_tied_backward_setup_context)
+
+
+# Learned masks: the views' gradient goes to the weight through the masks (dW = sum_l g_l ⊙ M_l) and to the scores
+# straight through (dS_l = g_l ⊙ W, kept entries or not), both from one pass of the backward op, which computes only
+# what needs_input_grad asks for (a frozen weight trains its scores alone, fixed scores their weight alone).
+def _learned_setup_context(ctx, inputs, output):
+    _keep(ctx, torch.ops.wtext.learned_masked_weights, inputs, saved=("weight", "scores", "thresholds"))
+
+
+def _learned_backward(ctx, grad):
+    needs = dict(zip(_names(torch.ops.wtext.learned_masked_weights), ctx.needs_input_grad))
+    grad_weight, grad_scores = _call(torch.ops.wtext.learned_masked_weights_backward, _kept(ctx), grad=grad,
+                                     output_mask=[needs["weight"], needs["scores"]])
+    return _gradients(torch.ops.wtext.learned_masked_weights, weight=grad_weight, scores=grad_scores)
+
+
+torch.library.register_autograd("wtext::learned_masked_weights", _learned_backward,
+                                setup_context=_learned_setup_context)
+
+
+# Its backward is linear in grad and, through dS = g ⊙ W, bilinear in (grad, weight); the masks are piecewise
+# constant in the scores, which get no second-order term. For incoming gradients gg_W and gg_S:
+#   d/dgrad = M ⊙ gg_W (the forward op on gg_W, in grad's dtype) + gg_S ⊙ W,   d/dW = sum_l gg_S,l ⊙ grad_l.
+def _learned_backward_setup_context(ctx, inputs, output):
+    _keep(ctx, torch.ops.wtext.learned_masked_weights_backward, inputs,
+          saved=("grad", "weight", "scores", "thresholds"))
+
+
+def _learned_double_backward(ctx, grad_grad_weight, grad_grad_scores):
+    kept = _kept(ctx)
+    needs = dict(zip(_names(torch.ops.wtext.learned_masked_weights_backward), ctx.needs_input_grad))
+    grad, weight = kept["grad"], kept["weight"]
+    gradients = {}
+    if needs["grad"]:
+        terms = []
+        if grad_grad_weight is not None:
+            terms.append(_call(torch.ops.wtext.learned_masked_weights, kept, weight=grad_grad_weight,
+                               dtype=grad.dtype))
+        if grad_grad_scores is not None:
+            terms.append((grad_grad_scores * weight).to(grad.dtype))
+        gradients["grad"] = sum(terms) if terms else None
+    if needs["weight"] and grad_grad_scores is not None:
+        gradients["weight"] = (grad_grad_scores * grad).sum(0).to(weight.dtype)
+    return _gradients(torch.ops.wtext.learned_masked_weights_backward, **gradients)
+
+
+torch.library.register_autograd("wtext::learned_masked_weights_backward", _learned_double_backward,
+                                setup_context=_learned_backward_setup_context)
+
+
+# Packed masks: a gradient for the weight alone (the bits are data, not parameters).
+def _packed_setup_context(ctx, inputs, output):
+    _keep(ctx, torch.ops.wtext.packed_masked_weights, inputs, saved=("weight", "bits"))
+
+
+def _packed_backward(ctx, grad):
+    grad_weight = _call(torch.ops.wtext.packed_masked_weights_backward, _kept(ctx), grad=grad)
+    return _gradients(torch.ops.wtext.packed_masked_weights, weight=grad_weight)
+
+
+torch.library.register_autograd("wtext::packed_masked_weights", _packed_backward, setup_context=_packed_setup_context)
+
+
+# packed_masked_weights_backward is linear in grad: its adjoint is the forward op on the incoming gradient, in grad's
+# dtype.
+def _packed_backward_setup_context(ctx, inputs, output):
+    named = _keep(ctx, torch.ops.wtext.packed_masked_weights_backward, inputs, saved=("bits",),
+                  dropped=("grad", "weight"))
+    ctx.arguments["dtype"] = named["grad"].dtype
+
+
+def _packed_double_backward(ctx, grad_grad_weight):
+    d_grad = _call(torch.ops.wtext.packed_masked_weights, _kept(ctx), weight=grad_grad_weight)
+    return _gradients(torch.ops.wtext.packed_masked_weights_backward, grad=d_grad)
+
+
+torch.library.register_autograd("wtext::packed_masked_weights_backward", _packed_double_backward,
+                                setup_context=_packed_backward_setup_context)

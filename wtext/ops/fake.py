@@ -82,3 +82,34 @@ def _anderson_step_fake(x, *args):
 def _anderson_tracked_step_fake(x, *args):
     _C.check_anderson_tracked_step(x, *args)
     return x.new_empty(x.shape)
+
+
+@torch.library.register_fake("wtext::learned_mask_thresholds")
+def _learned_mask_thresholds_fake(scores, kept):
+    _C.check_learned_mask_thresholds(scores, kept)
+    return scores.new_empty((scores.shape[0],), dtype=torch.int64)
+
+
+@torch.library.register_fake("wtext::learned_masked_weights")
+def _learned_masked_weights_fake(weight, scores, thresholds, dtype=None):
+    _C.check_learned_masked_weights(weight, scores, thresholds, dtype)
+    return _C.empty_tied_masked_weights(weight, scores.shape[0], dtype)
+
+
+@torch.library.register_fake("wtext::learned_masked_weights_backward")
+def _learned_masked_weights_backward_fake(grad, weight, scores, thresholds, output_mask):
+    _C.check_learned_masked_weights_backward(grad, weight, scores, thresholds, output_mask)
+    return (weight.new_empty(weight.shape) if output_mask[0] else None,
+            scores.new_empty(scores.shape) if output_mask[1] else None)
+
+
+@torch.library.register_fake("wtext::packed_masked_weights")
+def _packed_masked_weights_fake(weight, bits, dtype=None):
+    _C.check_packed_masked_weights(weight, bits, dtype)
+    return _C.empty_tied_masked_weights(weight, bits.shape[0], dtype)
+
+
+@torch.library.register_fake("wtext::packed_masked_weights_backward")
+def _packed_masked_weights_backward_fake(grad, weight, bits):
+    _C.check_packed_masked_weights_backward(grad, weight, bits)
+    return weight.new_empty(weight.shape)
