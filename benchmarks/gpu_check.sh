@@ -3,8 +3,8 @@
 #     bash benchmarks/gpu_check.sh            # everything (about 6-7 minutes on an H100)
 #     SKIP_BUILD=1 bash benchmarks/gpu_check.sh   # reuse a wtext/_C*.so already built on this machine
 #     STAGES="kernel_tests bench_deq" bash benchmarks/gpu_check.sh   # the build, then only the stages named
-#       (kernel_tests bench_ops bench_deq bench_deq_bf16 bench_deq_check bench_train other_tests bench_loader train
-#        cmake_bench sanitizer; default all)
+#       (kernel_tests bench_ops bench_learned bench_deq bench_deq_bf16 bench_deq_check bench_train other_tests
+#        bench_loader train cmake_bench sanitizer; default all)
 # It builds wtext against the machine's torch, runs the CUDA tests (they run here, and only here),
 # the op benchmarks (workload A), the DEQ benchmark (workload B), the DEQ early-end benchmark (which
 # --deq-check-every to use), the training step of the shipped presets (bench_train), the loader benchmark, a
@@ -31,7 +31,8 @@ PYTHON="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # wtext is built in place, not installed
 declare -a SUMMARY=()
 STAGES="${STAGES:-all}"
-KNOWN_STAGES="kernel_tests bench_ops bench_deq bench_deq_bf16 bench_deq_check bench_train other_tests bench_loader"
+KNOWN_STAGES="kernel_tests bench_ops bench_learned bench_deq bench_deq_bf16 bench_deq_check bench_train other_tests"
+KNOWN_STAGES+=" bench_loader"
 KNOWN_STAGES+=" train"
 KNOWN_STAGES+=" cmake_bench sanitizer"
 for stage in $STAGES; do  # a misspelt stage would select nothing and pass: refuse it
@@ -93,13 +94,14 @@ WORKERS=()
 "$PYTHON" -c "import xdist" 2>/dev/null && WORKERS=(-n 10)
 PYTEST=("$PYTHON" -m pytest --cuda-only -q -rfE --maxfail=20 --durations=5 -p no:cacheprovider "${WORKERS[@]}")
 KERNEL_TESTS=(python_tests/test_masks.py python_tests/test_tied_masked_weights.py python_tests/test_masked_layers.py
-              python_tests/test_anderson_step.py python_tests/test_anderson_tracked_step.py
-              python_tests/test_deq_cuda.py)
+              python_tests/test_learned_ops.py python_tests/test_anderson_step.py
+              python_tests/test_anderson_tracked_step.py python_tests/test_deq_cuda.py)
 want kernel_tests && step kernel_tests 150 "${PYTEST[@]}" "${KERNEL_TESTS[@]}"
 want cmake_bench && { wait "$CMAKE_PID"; CMAKE_STATUS=$?; }
 
 # Timed stages run alone on the GPU.
 want bench_ops && step bench_ops 120 "$PYTHON" benchmarks/bench_ops.py --device cuda --profile
+want bench_learned && step bench_learned 60 "$PYTHON" benchmarks/bench_learned_ops.py --device cuda
 want bench_deq && step bench_deq 100 "$PYTHON" benchmarks/bench_deq.py --device cuda --profile
 want bench_deq_bf16 && step bench_deq_bf16 60 "$PYTHON" benchmarks/bench_deq.py --device cuda --bf16
 # The DEQ twin's training step with a convergence test every K solver iterations (K = 0, 1, 2, 4, 8), bf16 as
@@ -123,7 +125,8 @@ fi
 # caching allocator would hide out-of-bounds accesses inside its own blocks, hence PYTORCH_NO_CUDA_MEMORY_CACHING.
 # Kernels run many times slower under the tools, so the stage takes the kernels' test files only, one process.
 SANITIZED_TESTS=(python_tests/test_masks.py python_tests/test_tied_masked_weights.py python_tests/test_anderson_step.py
-                 python_tests/test_anderson_tracked_step.py python_tests/test_masked_layers.py)
+                 python_tests/test_anderson_tracked_step.py python_tests/test_masked_layers.py
+                 python_tests/test_learned_ops.py)
 SANITIZER="$CUDA_HOME/bin/compute-sanitizer"
 [ -x "$SANITIZER" ] || SANITIZER="$(command -v compute-sanitizer || true)"
 if want sanitizer && [ -z "$SANITIZER" ]; then

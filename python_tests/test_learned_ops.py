@@ -467,7 +467,8 @@ def test_cuda_equals_cpu(shape, channels_last):
     weight = torch.randn(shape, dtype=torch.float64)
     if channels_last and len(shape) == 4:
         weight = weight.contiguous(memory_format=torch.channels_last)
-    for applications in (1, 6, 70):
+    # more applications than the seed-derived ops take in one launch (64), on the small weights
+    for applications in (1, 6, 70) if weight.numel() < 2**16 else (1, 6):
         scores = random_scores(applications, shape, "cpu", ties=applications == 6)
         kept = reference.kept_count(0.3, weight.numel())
         thresholds = ops.learned_mask_thresholds(scores, kept)

@@ -96,8 +96,9 @@ void check_grad(const at::Tensor& grad, const at::Tensor& weight, const c10::Sym
   TORCH_CHECK(at::isFloatingType(grad.scalar_type()), "grad must have a floating-point dtype; got grad.dtype=",
               grad.scalar_type());
   const std::vector<c10::SymInt> expected = stacked_shape(num_layers, weight);
-  TORCH_CHECK(grad.sym_sizes() == c10::SymIntArrayRef(expected), "grad must have the views' shape [L, *weight.shape] = ",
-              c10::SymIntArrayRef(expected), "; got grad.shape=", grad.sym_sizes());
+  TORCH_CHECK(grad.sym_sizes() == c10::SymIntArrayRef(expected),
+              "grad must have the views' shape [L, *weight.shape] = ", c10::SymIntArrayRef(expected),
+              "; got grad.shape=", grad.sym_sizes());
 }
 
 void check_dtype(std::optional<at::ScalarType> dtype) {

@@ -144,9 +144,10 @@ void register_learned_mask_ops(torch::Library& m) {
          [](const at::Tensor& weight, const at::Tensor& bits, std::optional<at::ScalarType> dtype) {
            return packed_masked_weights_op(kernels, weight, bits, dtype);
          });
-  m.impl("packed_masked_weights_backward", [](const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& bits) {
-    return packed_masked_weights_backward_op(kernels, grad, weight, bits);
-  });
+  m.impl("packed_masked_weights_backward",
+         [](const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& bits) {
+           return packed_masked_weights_backward_op(kernels, grad, weight, bits);
+         });
 }
 
 }  // namespace wtext
