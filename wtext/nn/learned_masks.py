@@ -40,7 +40,9 @@ INIT_MARGIN = {"ste": 0.01, "gumbel": 3.0}
 
 class LearnedMasks(nn.Module):
     """The masks of a weight of `shape` for `applications` applications. forward(weight, dtype) gives the masked
-    views [applications, *shape] of `weight` (the tied weight, or the weight its update slot makes)."""
+    views [applications, *shape] of `weight` (the tied weight, or the weight its update slot makes). The gumbel
+    estimator's schedule and penalty come from configure() (wtext.train does it from its options); until then it
+    trains at temperature 2/3 without a density penalty."""
 
     def __init__(self, shape, applications: int, density: float, estimator: str, init: str, seed: int):
         super().__init__()
