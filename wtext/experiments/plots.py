@@ -24,22 +24,6 @@ def pyplot():
 
 
 @dataclass
-class Plot:
-    """file: a 6 x 4 inch, 100 dpi PNG of one grid-lined axis on which draw(axis) draws."""
-    file: str
-    draw: Callable
-
-    def save(self, out_dir: Path) -> None:
-        plt = pyplot()
-        figure, axis = plt.subplots(figsize=(6, 4))
-        self.draw(axis)
-        axis.grid(alpha=0.3)
-        figure.tight_layout()
-        figure.savefig(out_dir / self.file, dpi=100)
-        plt.close(figure)
-
-
-@dataclass
 class Panels:
     """file: a 100 dpi PNG of grid-lined axes side by side, 6 x 4 inches each; draws[i](axis) draws panel i."""
     file: str
@@ -56,6 +40,16 @@ class Panels:
         figure.tight_layout()
         figure.savefig(out_dir / self.file, dpi=100)
         plt.close(figure)
+
+
+@dataclass
+class Plot:
+    """file: a 6 x 4 inch, 100 dpi PNG of one grid-lined axis on which draw(axis) draws (Panels of one panel)."""
+    file: str
+    draw: Callable
+
+    def save(self, out_dir: Path) -> None:
+        Panels(self.file, [self.draw]).save(out_dir)
 
 
 @dataclass

@@ -32,7 +32,8 @@ def train_step(model: nn.Module, forward, trainers: list, images: torch.Tensor, 
         penalties = [t.core.regularization().to(losses.device) for t in trainers
                      if getattr(t.core, "deq_outputs", None)]
         # Learned masks' density penalty (gumbel estimator).
-        penalties += [penalty for t in trainers if (penalty := density_penalty(t.core)) is not None]
+        penalties += [penalty for t in trainers if t.config.mask_mode == "learned"
+                      and (penalty := density_penalty(t.core)) is not None]
     for trainer in trainers:
         trainer.optimizer.zero_grad(set_to_none=True)
     # d(sum of losses)/d(run k's weights) = d(loss_k)/d(them): the gradient each run gets alone.
