@@ -54,14 +54,15 @@ def test_a_run_leaves_config_metrics_summary_checkpoint_and_plot(tmp_path):
     assert saved["parameters"] > 0 and saved["wall_time_s"] > 0
 
 
-def test_resume_after_interruption_equals_the_uninterrupted_run(tmp_path):
-    run(tiny_config(tmp_path, "whole"))
-    interrupted = tiny_config(tmp_path, "split", stop_after_steps=5)  # 4 steps per epoch: stops inside epoch 2
+@pytest.mark.parametrize("deq", [None, "reversible"])
+def test_resume_after_interruption_equals_the_uninterrupted_run(tmp_path, deq):
+    run(tiny_config(tmp_path, "whole", deq=deq))
+    interrupted = tiny_config(tmp_path, "split", stop_after_steps=5, deq=deq)  # 4 steps per epoch: stops in epoch 2
     with pytest.raises(Interrupted):
         run(interrupted)
     checkpoint = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)
     assert (checkpoint["epoch"], checkpoint["step_in_epoch"]) == (1, 1)
-    run(tiny_config(tmp_path, "split", resume=True))
+    run(tiny_config(tmp_path, "split", resume=True, deq=deq))
     whole, split = model_state(tmp_path / "whole"), model_state(tmp_path / "split")
     assert whole.keys() == split.keys()
     for key in whole:
@@ -89,6 +90,15 @@ def test_deq_twin_trains_and_logs_solver_statistics(tmp_path):
     record = read_records(tmp_path / "run")[0]
     assert record["solver_steps"] >= 1 and record["solver_residual"] >= 0
     assert "backward_solver_steps" not in record  # the phantom gradient has no adjoint solve
+
+
+def test_reversible_deq_twin_logs_its_reconstruction_error(tmp_path, capsys):
+    run(tiny_config(tmp_path, deq="reversible", epochs=1, deq_check_every=2))
+    record = read_records(tmp_path / "run")[0]
+    assert 0 <= record["reconstruction_error"] <= 1e-4  # within the variant's bound
+    assert 1 <= record["solver_steps"] <= 8
+    assert "backward_solver_steps" not in record
+    assert "reconstruction error" in capsys.readouterr().out
 
 
 def test_deq_check_every_ends_solves_early_with_the_same_training(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ from . import backward as gradients
 from .config import DEQConfig
 from .regularizers import jacobian_frobenius
 from .registry import get_solver
+from .reversible import STATE_DTYPES, ReconstructionStats, coupled_iteration, reversible
 from .tracking import SolverStats
 
 
@@ -20,7 +21,8 @@ class DEQOutput:
     jacobian_loss: the Hutchinson ||J||_F^2 estimate (0 unless jac_reg_weight > 0 and training; multiply by the
     weight yourself or use `regularization`); correction_states: iterates of the forward solve with a phantom
     gradient, earliest first (empty unless correction_points > 0); backward_stats: filled with the adjoint solve's
-    SolverStats when backward runs (implicit mode)."""
+    SolverStats when backward runs (implicit mode); reconstruction: filled with the ReconstructionStats of each
+    reversible backward pass."""
 
     z: torch.Tensor
     stats: SolverStats
@@ -28,12 +30,16 @@ class DEQOutput:
     regularization: torch.Tensor
     correction_states: list[torch.Tensor] = field(default_factory=list)
     backward_stats: list[SolverStats] = field(default_factory=list)
+    reconstruction: list[ReconstructionStats] = field(default_factory=list)
 
 
 class DEQ(nn.Module):
     """Wraps a cell f(z, x) -> z' (an nn.Module or any callable) into a deep-equilibrium layer.
 
     forward(x, z0=None): z0 defaults to cell.initial_state(x) when the cell has one, else zeros shaped like x.
+    The reversible backward differentiates each step with respect to x, the cell's parameters (when the cell is an
+    nn.Module) and `inputs`, the other tensors the cell reads (e.g. weights it closes over); a cell that reads a
+    tensor needing a gradient that is none of these is an error there, not a silently missing gradient.
     """
 
     def __init__(self, cell, config: DEQConfig | None = None):
@@ -46,10 +52,13 @@ class DEQ(nn.Module):
             return self.cell.initial_state(x)
         return torch.zeros_like(x)
 
-    def forward(self, x: torch.Tensor, z0: torch.Tensor | None = None, record_steps=None) -> DEQOutput:
+    def forward(self, x: torch.Tensor, z0: torch.Tensor | None = None, record_steps=None, inputs=()) -> DEQOutput:
         """record_steps: solver steps whose iterates to keep in out.stats.recorded (default: those of the
-        fixed-point correction loss when training)."""
+        fixed-point correction loss when training); inputs: tensors besides x and the cell's parameters that the
+        cell reads (the reversible backward needs them named)."""
         config = self.config
+        if config.backward in ("reversible", "unrolled"):
+            return self._coupled(x, z0, record_steps, inputs)
 
         def f(z):
             return self.cell(z, x)
@@ -74,6 +83,40 @@ class DEQ(nn.Module):
         else:
             z = gradients.one_step(f, z_star)
 
+        return self._output(f, z, z_star, stats, backward_stats=backward_stats)
+
+    def _coupled(self, x, z0, record_steps, inputs) -> DEQOutput:
+        """The reversible and unrolled modes: the coupled iteration, its gradient by undoing the steps or by
+        back-propagating through them."""
+        config = self.config
+
+        def f(z):
+            return self.cell(z, x)
+
+        z0 = (self.initial_state(x) if z0 is None else z0).detach()
+        if record_steps is None:
+            record_steps = self._correction_steps() if self.training else ()
+        options = dict(beta=config.rev_beta, max_iter=config.f_max_iter, tol=config.f_tol,
+                       stop_mode=config.f_stop_mode, record_steps=record_steps, check_every=config.f_check_every,
+                       divergence_ratio=config.divergence_ratio, state_dtype=STATE_DTYPES[config.rev_state_dtype])
+        unrolled = config.backward == "unrolled" and torch.is_grad_enabled()
+        with torch.set_grad_enabled(unrolled):
+            y_last, z_last, stats = coupled_iteration(f, z0, **options)
+        reconstruction: list[ReconstructionStats] = []
+        if unrolled or not torch.is_grad_enabled():
+            z = z_last.to(z0.dtype)
+        else:
+            tensors = {id(t): t for t in (x, *inputs, *self._cell_parameters())}
+            z = reversible(f, y_last, z_last, z0, beta=config.rev_beta, steps=stats.iterations,
+                           bound=config.rev_error_bound, tensors=list(tensors.values()), sink=reconstruction)
+        return self._output(f, z, z.detach(), stats, reconstruction=reconstruction)
+
+    def _cell_parameters(self) -> list[torch.Tensor]:
+        return list(self.cell.parameters()) if isinstance(self.cell, nn.Module) else []
+
+    def _output(self, f, z, z_star, stats, **gradient_stats) -> DEQOutput:
+        """The DEQOutput of a solve: the regularizers at the fixed point z_star, the correction states."""
+        config = self.config
         jacobian_loss = z_star.new_zeros((), dtype=torch.float32)
         if self.training and config.jac_reg_weight > 0 and torch.is_grad_enabled():
             z_probe = z_star.detach().requires_grad_()
@@ -87,7 +130,7 @@ class DEQ(nn.Module):
         ] if torch.is_grad_enabled() and self.training else []
         return DEQOutput(z=z, stats=stats, jacobian_loss=jacobian_loss,
                          regularization=config.jac_reg_weight * jacobian_loss,
-                         correction_states=correction_states, backward_stats=backward_stats)
+                         correction_states=correction_states, **gradient_stats)
 
     def _correction_steps(self) -> tuple[int, ...]:
         """Evenly spaced solver steps (before the last) whose iterates feed the fixed-point correction loss."""

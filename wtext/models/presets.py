@@ -25,6 +25,8 @@ DEQ_VARIANTS: dict[str, DEQConfig] = {
     "one_step": DEQConfig(backward="one_step"),
     "implicit_jr": DEQConfig(backward="implicit", jac_reg_weight=0.4, f_max_iter=12),
     "phantom_jr": DEQConfig(backward="phantom", phantom_steps=5, phantom_tau=0.6, jac_reg_weight=0.4),
+    # RevDEQ: exact gradients of the coupled iteration, memory flat in its steps (docs/deq.md: beta and steps).
+    "reversible": DEQConfig(backward="reversible", f_max_iter=8),
 }
 
 

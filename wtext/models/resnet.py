@@ -116,7 +116,7 @@ class TiedResNet(TiedModel):
                 # partial, not a lambda over the loop's variables: the implicit backward calls the map after the
                 # loop has moved on to the next stage.
                 features = self.solve(partial(cell, weights=weights, application=0), u, torch.zeros_like(u),
-                                      prefix=f"stage{stage}.")
+                                      prefix=f"stage{stage}.", inputs=[*weights[0], *weights[1], *cell.parameters()])
                 continue
             z = torch.zeros_like(u)
             for application in range(self.config.depth):

@@ -42,12 +42,16 @@ class TiedModel(nn.Module):
         if self._recorded is not None:
             self._recorded.append((name, output.detach()))
 
-    def solve(self, cell: Callable, injection: torch.Tensor, z0: torch.Tensor, prefix: str = "") -> torch.Tensor:
+    def solve(self, cell: Callable, injection: torch.Tensor, z0: torch.Tensor, prefix: str = "",
+              inputs=()) -> torch.Tensor:
         """The DEQ twin: the fixed point z* = cell(z*, injection), its statistics kept in self.deq_outputs; when
-        recording, its iterates are recorded as PREFIXiterateK."""
+        recording, its iterates are recorded as PREFIXiterateK. inputs: the tensors the cell reads besides its
+        state and the injection (its masked weights and the parameters of the modules it calls), which the
+        reversible backward differentiates."""
         layer = DEQ(cell, self.config.deq).train(self.training)
         recording = self._recorded is not None
-        out = layer(injection, z0, record_steps=range(self.config.deq.f_max_iter) if recording else None)
+        out = layer(injection, z0, record_steps=range(self.config.deq.f_max_iter) if recording else None,
+                    inputs=inputs)
         self.deq_outputs.append(out)
         if recording:
             for step, z in sorted(out.stats.recorded.items()):

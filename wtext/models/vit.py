@@ -167,7 +167,9 @@ class TiedViT(TiedModel):
             # The block is residual (z + ...), so z = block(z + e) alone has no fixed point in general; the final
             # LayerNorm bounds the map, as in DEQ transformers' post-norm cells.
             fixed_point = self.solve(lambda z, e: self.deq_norm(self.block(z + e, weights, 0)), embedding,
-                                     torch.zeros_like(embedding))
+                                     torch.zeros_like(embedding),
+                                     inputs=[*(t for group in weights for t in group), *self.block.parameters(),
+                                             *self.deq_norm.parameters()])
             return self.readout(fixed_point)
         z = embedding
         for application in range(self.config.depth):

@@ -167,6 +167,8 @@ def epoch_line(record: dict) -> str:
                   + f"{record['mask_equal_to_start']:.3f} as at the start")
     if "backward_solver_steps" in record:
         extra += f", backward solver steps {record['backward_solver_steps']:.1f}"
+    if "reconstruction_error" in record:
+        extra += f", reconstruction error {record['reconstruction_error']:.1e}"
     return (f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
             f"test loss {record['test_loss']:.4f} acc {record['test_accuracy']:.4f} | "
             f"{record['images_per_second']:.0f} img/s{extra}")

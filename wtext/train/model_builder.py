@@ -9,6 +9,7 @@ from pathlib import Path
 from torch import nn
 
 from wtext import lora, models
+from wtext.deq import COUPLED_MODES
 from wtext.nn import MaskSpec
 from wtext.nn.learned_model import configure_learned_masks, match_frozen_masks
 
@@ -33,9 +34,11 @@ def model_for(config: TrainConfig, num_classes: int) -> nn.Module:
         if config.deq is None:  # reached by --eval-only of a checkpoint without a DEQ (TrainConfig checks the rest)
             raise ValueError(f"deq_check_every applies to DEQ twins only; model {config.model} is not one "
                              f"(drop --deq-check-every)")
-        # The early-end test of both the forward and the adjoint solve; it leaves the variant's results unchanged.
-        overrides["deq"] = dataclasses.replace(models.deq_variant(config.deq), f_check_every=config.deq_check_every,
-                                               b_check_every=config.deq_check_every)
+        # The early-end test of the forward solve and of the adjoint solve; it leaves the variant's results
+        # unchanged. The coupled iteration of reversible gradients has no adjoint solve (and refuses b_ options).
+        variant = models.deq_variant(config.deq)
+        adjoint = {} if variant.backward in COUPLED_MODES else {"b_check_every": config.deq_check_every}
+        overrides["deq"] = dataclasses.replace(variant, f_check_every=config.deq_check_every, **adjoint)
     if "mask" in has:
         density = preset.mask.density if config.density is None else config.density
         overrides["mask"] = MaskSpec(mode=config.mask_mode, density=density, pattern=config.pattern,

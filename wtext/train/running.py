@@ -6,10 +6,11 @@ import torch
 # The running sums, in the order of the tensors that hold them; code reads them by name (RUNNING_KEYS.index or
 # as_dict), never by position. solver_steps: the batch mean of each forward solve's steps, summed over solves (solves
 # counts them); backward_solver_steps: the same for the adjoint solves of implicit backward (backward_solves counts
-# them). New sums go at the end: a checkpoint holds the tensor, and one written with fewer keys is padded on restore
+# them); reconstruction_error: the worst sample's reconstruction error of each reversible backward pass, summed
+# (reversible_backwards counts them). New sums go at the end: a checkpoint holds the tensor, and one written with fewer keys is padded on restore
 # (see restore_running).
 RUNNING_KEYS = ("loss", "correct", "images", "solver_steps", "solver_residual", "solves", "backward_solver_steps",
-                "backward_solves")
+                "backward_solves", "reconstruction_error", "reversible_backwards")
 SOLVER_KEYS = RUNNING_KEYS[RUNNING_KEYS.index("solver_steps"):]
 
 
@@ -38,16 +39,19 @@ def device_scalar(value: float, device: torch.device) -> torch.Tensor:
 
 def solver_sums(solves: list, device: torch.device) -> dict[str, torch.Tensor]:
     """The DEQ sums of one run's step: `solves` are its DEQ outputs (each with stats, and the adjoint solves' stats
-    in backward_stats, filled by the backward pass of implicit gradients; phantom and one-step gradients have
-    none)."""
+    in backward_stats, filled by the backward pass of implicit gradients, or the ReconstructionStats of reversible
+    ones in reconstruction; phantom and one-step gradients have neither)."""
     zero = device_scalar(0, device)
     adjoint = [stats for out in solves for stats in out.backward_stats]
+    reversed_walks = [stats for out in solves for stats in out.reconstruction]
     return {
         "solver_steps": sum((out.stats.steps.float().mean().to(device) for out in solves), zero),
         "solver_residual": sum((out.stats.lowest.float().mean().to(device) for out in solves), zero),
         "solves": device_scalar(len(solves), device),
         "backward_solver_steps": sum((stats.steps.float().mean().to(device) for stats in adjoint), zero),
         "backward_solves": device_scalar(len(adjoint), device),
+        "reconstruction_error": sum((stats.error.max().float().to(device) for stats in reversed_walks), zero),
+        "reversible_backwards": device_scalar(len(reversed_walks), device),
     }
 
 
@@ -71,7 +75,7 @@ def step_sums(losses: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
 
 def restore_running(saved: torch.Tensor, device: torch.device) -> torch.Tensor:
     """The running sums of a checkpoint as a [len(RUNNING_KEYS)] float64 tensor on `device`. A checkpoint written
-    before the last keys existed (backward_solver_steps, backward_solves) holds a prefix of them: the missing sums
+    before the last keys existed (e.g. backward_solver_steps, backward_solves) holds a prefix of them: the missing sums
     start at zero, so the resumed epoch's means of those keys cover the steps after the resumption (sum and count
     alike), and the other keys continue exactly."""
     saved = saved.to(device, torch.float64).flatten()
@@ -90,4 +94,6 @@ def solver_metrics(totals: dict[str, float]) -> dict[str, float]:
         metrics["solver_residual"] = totals["solver_residual"] / totals["solves"]
     if totals["backward_solves"]:
         metrics["backward_solver_steps"] = totals["backward_solver_steps"] / totals["backward_solves"]
+    if totals["reversible_backwards"]:
+        metrics["reconstruction_error"] = totals["reconstruction_error"] / totals["reversible_backwards"]
     return metrics
