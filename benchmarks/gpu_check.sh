@@ -3,12 +3,12 @@
 #     bash benchmarks/gpu_check.sh            # everything (about 6-7 minutes on an H100)
 #     SKIP_BUILD=1 bash benchmarks/gpu_check.sh   # reuse a wtext/_C*.so already built on this machine
 #     STAGES="kernel_tests bench_deq" bash benchmarks/gpu_check.sh   # the build, then only the stages named
-#       (kernel_tests bench_ops bench_learned bench_deq bench_deq_bf16 bench_deq_check bench_train other_tests
-#        bench_loader train cmake_bench sanitizer; default all)
+#       (kernel_tests bench_ops bench_learned bench_deq bench_deq_bf16 bench_deq_check bench_deq_memory
+#        bench_train other_tests bench_loader train cmake_bench sanitizer; default all)
 # It builds wtext against the machine's torch, runs the CUDA tests (they run here, and only here),
 # the op benchmarks (workload A), the DEQ benchmark (workload B), the DEQ early-end benchmark (which
-# --deq-check-every to use), the training step of the shipped presets (bench_train), the loader benchmark, a
-# short training run and
+# --deq-check-every to use), the DEQ memory benchmark (reversible against the other gradients), the training
+# step of the shipped presets (bench_train), the loader benchmark, a short training run and
 # the C++ benchmark, compute-sanitizer (memcheck, racecheck) over the kernels' CUDA tests, and ends with a short
 # summary.
 # Output goes to $OUT (the device tool's output folder) or ./gpu_check_out: the whole log, gpu_check.log, and the
@@ -31,7 +31,8 @@ PYTHON="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # wtext is built in place, not installed
 declare -a SUMMARY=()
 STAGES="${STAGES:-all}"
-KNOWN_STAGES="kernel_tests bench_ops bench_learned bench_deq bench_deq_bf16 bench_deq_check bench_train other_tests"
+KNOWN_STAGES="kernel_tests bench_ops bench_learned bench_deq bench_deq_bf16 bench_deq_check bench_deq_memory"
+KNOWN_STAGES+=" bench_train other_tests"
 KNOWN_STAGES+=" bench_loader"
 KNOWN_STAGES+=" train"
 KNOWN_STAGES+=" cmake_bench sanitizer"
@@ -107,6 +108,10 @@ want bench_deq_bf16 && step bench_deq_bf16 60 "$PYTHON" benchmarks/bench_deq.py 
 # The DEQ twin's training step with a convergence test every K solver iterations (K = 0, 1, 2, 4, 8), bf16 as
 # training runs on CUDA: whether the host reads cost more than the iterations they save (--deq-check-every).
 want bench_deq_check && step bench_deq_check 120 "$PYTHON" benchmarks/bench_deq_check.py --device cuda --bf16
+# Peak memory and time of one DEQ-twin training step by gradient (unrolled, implicit, phantom, reversible) at 4-32
+# solver steps, against the weight-tied model of that depth: the reversible row must be flat in the steps.
+want bench_deq_memory && step bench_deq_memory 90 "$PYTHON" benchmarks/bench_deq_memory.py --device cuda \
+  --model resnet-small --batch 128
 # resnet-small and vit-small (bf16, channels_last) and the DEQ twin, eager and compiled: the issue's GPU targets.
 want bench_train && step bench_train 240 "$PYTHON" benchmarks/bench_train.py --device cuda --rounds 3
 want other_tests && step other_tests 200 "${PYTEST[@]}" python_tests "${KERNEL_TESTS[@]/#/--ignore=}"

@@ -9,8 +9,11 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import DEVICES
 from wtext import deq, models
 from wtext.deq.reversible import ReconstructionWarning
+
+CUDA = [device for device in DEVICES if "cuda" in str(device)]
 
 
 class TanhCell(nn.Module):
@@ -89,16 +92,17 @@ def test_float32_cell_with_a_float64_state_gives_the_unrolled_gradient():
     assert relative(grads["reversible"], grads["unrolled"]) < 1e-6
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", ["resnet-tiny", "vit-tiny"])
-def test_shipped_cells_reversible_gradient_within_the_bound(name):
+def test_shipped_cells_reversible_gradient_within_the_bound(name, device):
     torch.manual_seed(0)
     grads, stats = {}, None
-    model = models.build_model(name, deq=deq.DEQConfig(backward="unrolled", f_max_iter=6))
+    model = models.build_model(name, deq=deq.DEQConfig(backward="unrolled", f_max_iter=6)).to(device)
     with torch.no_grad():  # away from the initialization's zero biases, whose ReLU kinks sit exactly at 0
         for parameter in model.parameters():
             if parameter.dim() == 1:
                 parameter.add_(0.1 * torch.randn_like(parameter))
-    images = torch.randn(3, 3, 32, 32)
+    images = torch.randn(3, 3, 32, 32, device=device)
     for backward in ("unrolled", "reversible"):
         model.config = dataclasses.replace(model.config, deq=deq.DEQConfig(backward=backward, f_max_iter=6))
         model.zero_grad()
@@ -193,14 +197,43 @@ def test_without_grad_the_layer_returns_the_last_iterate_without_a_graph():
     assert torch.allclose(out.z, plain_coupled_iteration(cell, x, 0.5, 5), rtol=0, atol=1e-14)
 
 
-def test_bf16_autocast_runs_and_reports_its_reconstruction():
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_autocast_gives_the_unrolled_gradient(device):
     torch.manual_seed(0)
-    model = models.build_model("resnet-tiny", deq="reversible")
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits = model(torch.randn(2, 3, 16, 16))
-    logits.float().square().sum().backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    model = models.build_model("resnet-tiny", deq="reversible").to(device)
+    images = torch.randn(2, 3, 16, 16, device=device)
+    grads = {}
+    for backward in ("unrolled", "reversible"):
+        model.config = dataclasses.replace(model.config, deq=deq.DEQConfig(backward=backward, f_max_iter=8))
+        model.zero_grad()
+        with torch.autocast(device, dtype=torch.bfloat16):
+            logits = model(images)
+        logits.float().square().sum().backward()
+        grads[backward] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    assert torch.isfinite(grads["reversible"]).all()
     assert [len(out.reconstruction) for out in model.deq_outputs] == [1, 1]
+    assert relative(grads["reversible"].float(), grads["unrolled"].float()) < 1e-5
+
+
+@pytest.mark.parametrize("device", CUDA)
+def test_reversible_peak_cuda_memory_is_flat_in_the_steps(device):
+    peaks = {}
+    for backward in ("reversible", "unrolled"):
+        for steps in (4, 32):
+            torch.manual_seed(0)
+            model = models.build_model("resnet-tiny", deq=deq.DEQConfig(backward=backward, f_max_iter=steps,
+                                                                          f_tol=1e-30)).to(device)
+            images = torch.randn(16, 3, 32, 32, device=device)
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ReconstructionWarning)  # 32 steps: the cost is measured, not the error
+                model(images).square().sum().backward()
+            torch.cuda.synchronize()
+            peaks[backward, steps] = torch.cuda.max_memory_allocated() - before
+    assert peaks["reversible", 32] <= 1.1 * peaks["reversible", 4]
+    assert peaks["unrolled", 32] > 4 * peaks["unrolled", 4]
 
 
 @pytest.mark.parametrize("options, message", [

@@ -62,7 +62,7 @@ def plain_fixed_point(cell, x, steps=300):
 
 # -- torchdeq#4: gradients in eval mode --------------------------------------------------------------------------
 
-PHANTOM_STEPS, PHANTOM_TAU, REV_BETA, COUPLED_STEPS = 4, 0.6, 0.5, 30
+PHANTOM_STEPS, PHANTOM_TAU, REV_BETA, COUPLED_STEPS = 4, 0.6, 0.5, 15
 
 
 def config_for(backward):

@@ -317,4 +317,5 @@ def test_deq_takes_a_given_mask_mode_in_every_arm(tmp_path):
     with pytest.raises(PlanShown):
         EXPERIMENTS["deq"].run(tmp_path, "quick", default)
     assert default.runs["weight-tied-multi"]["mask_mode"] == "multi"
+    assert default.runs["deq-reversible"]["deq"] == "reversible"  # the strongest DEQ baseline is one of the arms
     assert all(options["mask_mode"] == "same" for name, options in default.runs.items() if name.startswith("deq-"))

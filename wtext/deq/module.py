@@ -15,6 +15,17 @@ from .reversible import STATE_DTYPES, ReconstructionStats, coupled_iteration, re
 from .tracking import SolverStats
 
 
+# Eager even inside torch.compile: the estimate's autograd.grad(create_graph=True) is differentiated again by the
+# loss, and a compiled (AOT autograd) region has no double backward; compiled, the step failed in backward.
+@torch.compiler.disable
+def jacobian_estimate(f, z_star: torch.Tensor, vectors: int) -> torch.Tensor:
+    """The Hutchinson ||df/dz||_F^2 estimate at z_star, differentiable with respect to f's parameters."""
+    z_probe = z_star.detach().requires_grad_()
+    # Fused attention kernels have no double backward: attention inside the cell runs its plain math form here.
+    with sdpa_kernel(SDPBackend.MATH):
+        return jacobian_frobenius(f(z_probe), z_probe, vectors)
+
+
 @dataclass
 class DEQOutput:
     """z: the fixed point (with the configured gradient); stats: the forward solve's statistics;
@@ -119,11 +130,7 @@ class DEQ(nn.Module):
         config = self.config
         jacobian_loss = z_star.new_zeros((), dtype=torch.float32)
         if self.training and config.jac_reg_weight > 0 and torch.is_grad_enabled():
-            z_probe = z_star.detach().requires_grad_()
-            # The estimate is differentiated again by the loss; fused attention kernels have no double backward,
-            # so attention inside the cell falls back to its plain math form here.
-            with sdpa_kernel(SDPBackend.MATH):
-                jacobian_loss = jacobian_frobenius(f(z_probe), z_probe, config.jac_reg_vectors)
+            jacobian_loss = jacobian_estimate(f, z_star, config.jac_reg_vectors)
         correction_states = [
             gradients.phantom(f, stats.recorded[step], 1, config.phantom_tau) for step in self._correction_steps()
             if step in stats.recorded

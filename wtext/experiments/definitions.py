@@ -147,7 +147,7 @@ def width_depth_experiment(out_dir, scale, sweep):
                   ["run", "width", "depth", "stored params", "effective FLOPs / image", "final acc"], rows, note)
 
 
-DEQ_RUNS = ("implicit", "phantom", "one_step", "implicit_jr")
+DEQ_RUNS = ("implicit", "phantom", "one_step", "implicit_jr", "reversible")
 DEQ_SPEEDUP = 3.0  # the paper: weight-tied models train over 3x faster than DEQs
 # The DEQ runs test convergence every few solver iterations and stop once every sample converged, so their time is
 # not inflated by iterations after convergence. On a CPU a test costs ~1 us against ~6 ms per iteration (any k is
@@ -203,7 +203,9 @@ def deq_experiment(out_dir, scale, sweep):
             f"DEQ solves test convergence every {DEQ_CHECK_EVERY} iterations and end once every sample stopped "
             f"(--deq-check-every), so no run pays for iterations after convergence. Solver steps: the mean over "
             f"samples of the iterations each sample took until it converged, diverged or hit the budget, in the "
-            f"forward solve and in the implicit backward's adjoint solve (— where a run has none).\n\n")
+            f"forward solve and in the implicit backward's adjoint solve (— where a run has none); deq-reversible's "
+            f"steps are coupled steps of two cell evaluations each, and its backward undoes them instead of "
+            f"solving.\n\n")
     return report(out_dir, results, comparisons, Plot("deq.png", draw),
                   ["run", "final acc", "train s / epoch", "inference s (test set)", "solver steps fwd",
                    "solver steps bwd", "train time vs weight-tied"], rows, note)
