@@ -165,8 +165,9 @@ def test_a_checkpoint_with_fewer_running_sums_resumes(tmp_path):
     torch.save(state, path)
     run(tiny_config(tmp_path, "split", resume=True))
     assert comparable(read_records(tmp_path / "whole")) == comparable(read_records(tmp_path / "split"))
-    with pytest.raises(ValueError, match=r"holds 9 running sums, this wtext knows 8 .*newer wtext"):
-        restore_running(torch.zeros(9, dtype=torch.float64), torch.device("cpu"))
+    too_many = len(RUNNING_KEYS) + 1
+    with pytest.raises(ValueError, match=rf"holds {too_many} running sums, this wtext knows {too_many - 1} .*newer"):
+        restore_running(torch.zeros(too_many, dtype=torch.float64), torch.device("cpu"))
 
 
 def test_config_file_then_command_line(tmp_path):
