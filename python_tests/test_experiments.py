@@ -4,6 +4,7 @@ plot and raw metrics, and skips finished runs when started again; sweeps pair th
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 from wtext.experiments import EXPERIMENTS, SCALES
 from wtext.experiments.__main__ import main
+from wtext.experiments.statistics import seeds_needed
 from wtext.experiments.sweep import PlanShown, Sweep, parse_worker
 from wtext.train import Interrupted, Trainer
 from wtext.train.model_builder import model_for
@@ -319,3 +321,43 @@ def test_deq_takes_a_given_mask_mode_in_every_arm(tmp_path):
     assert default.runs["weight-tied-multi"]["mask_mode"] == "multi"
     assert default.runs["deq-reversible"]["deq"] == "reversible"  # the strongest DEQ baseline is one of the arms
     assert all(options["mask_mode"] == "same" for name, options in default.runs.items() if name.startswith("deq-"))
+
+
+def test_plan_sizes_seeds_and_hours_from_a_pilot(tmp_path, capsys):
+    pilot = tmp_path / "pilot"
+    pilot.mkdir()
+    differences = {"CKA: same − multi": [0.02, -0.01, 0.04], "CKA: dense − multi": [0.10, 0.12, 0.11]}
+    (pilot / "results.json").write_text(json.dumps(
+        {"runs": {}, "comparisons": [{"label": label, "differences": d} for label, d in differences.items()]}))
+    assert main(["plan", "cka", "--effect", "0.03", "--pilot", str(pilot), "--device", "cpu", "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "seeds to detect ±0.03 with power 0.8" in out and "wall, 2 worker(s)" in out
+    for label, values in differences.items():
+        std = statistics.stdev(values)
+        row = next(line for line in out.splitlines() if line.startswith(f"| {label} |"))
+        assert f"| {seeds_needed(0.03, std)} |" in row, row
+    # Without --effect each claim is sized for its own observed difference.
+    assert main(["plan", "cka", "--pilot", str(pilot), "--device", "cpu"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| CKA: dense − multi |"))
+    assert f"| {seeds_needed(0.11, statistics.stdev(differences['CKA: dense − multi']))} |" in row
+
+
+def test_plan_names_a_bad_pilot(tmp_path, capsys):
+    assert main(["plan", "cka", "--pilot", str(tmp_path / "none"), "--device", "cpu"]) == 2
+    assert "no results.json there" in capsys.readouterr().out
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.json").write_text("{not json")
+    assert main(["plan", "cka", "--pilot", str(tmp_path / "bad"), "--device", "cpu"]) == 2
+    assert "not the results.json of a wtext experiment" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["plan", "cka", "--power", "1.5"])
+    assert "expected a number in (0, 1)" in capsys.readouterr().err
+
+
+def test_verdict_tables_carry_power_and_holm_columns(tmp_path):
+    out = tmp_path / "density"
+    assert main(["density", "--out", str(out), *SMALL, "--effect", "0.02"]) == 0
+    report = (out / "results.md").read_text()
+    assert "| p | Holm p | Holm verdict | detectable (power 0.8) | to decide | seeds for ±0.02 |" in report
+    comparisons = json.loads((out / "results.json").read_text())["comparisons"]
+    assert all(c["holm_p"] >= c["p_value"] and c["effect"] == 0.02 for c in comparisons)

@@ -1,11 +1,14 @@
 """Reproduce the paper's experiments, one command each, with several seeds and a verdict per claim.
 
     python -m wtext.experiments list
+    python -m wtext.experiments plan NAME [--effect E] [--power P] [--pilot DIR] [--scale S] [--device D]
+                                          [--workers N]     (seeds and GPU-hours that would decide each claim)
     python -m wtext.experiments NAME [--scale quick|paper] [--seeds N] [--dataset NAME] [--data-dir DIR]
                                      [--model PRESET] [--width W] [--depth D] [--mask-mode MODE] [--epochs N]
                                      [--batch-size B]
                                      [--train-images N] [--test-images N] [--device DEV] [--out DIR]
                                      [--dry-run] [--worker I/N|slurm] [--no-train] [--fuse [--fuse-max K]]
+                                     [--effect E]
 
 NAME: see `list` (docs/experiments.md maps each to the claim it checks). Every run is trained once per seed into
 OUT/runs/RUN/seed-S; finished ones are skipped and interrupted ones resume from their checkpoint, so a stopped
@@ -35,6 +38,16 @@ DEFAULT_SEEDS = {"quick": 3, "paper": 3}
 RUN_OPTIONS = (("dataset", "dataset"), ("data_dir", "data_dir"), ("model", "model"), ("width", "width"),
                ("depth", "depth"), ("mask_mode", "mask_mode"), ("epochs", "epochs"), ("batch_size", "batch_size"),
                ("train_images", "synthetic_train"), ("test_images", "synthetic_test"))
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0; got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0; got {text!r}")
+    return value
 
 
 def positive_int(text: str) -> int:
@@ -82,10 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fuse-max", type=positive_int, help="at most this many runs per fused group")
     parser.add_argument("--no-train", action="store_true",
                         help="train nothing: write the tables from finished runs, or say which are missing")
+    parser.add_argument("--effect", type=positive_float,
+                        help="a difference to size the seeds for: the verdict table gets the seeds each claim needs "
+                             "to detect it (power 0.8), in the claim's own units (accuracy 0.01 = 1 point)")
     return parser
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["plan"]:
+        from .planning import main as plan
+
+        return plan(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.name == "list":
@@ -126,6 +147,7 @@ def main(argv=None) -> int:
           flush=True)
     sweep = Sweep(out_dir, base, lambda message: print(message, flush=True), dry_run=args.dry_run, given=given,
                   seeds=seeds, worker=worker, train=not args.no_train, fuse=args.fuse, fuse_max=args.fuse_max)
+    sweep.effect = args.effect
     try:
         body = experiment.run(out_dir, args.scale, sweep)
     except (PlanShown, WorkerFinished):

@@ -71,7 +71,8 @@ def masks_experiment(out_dir, scale, sweep):
         axis.set(ylabel="final test accuracy", title="mask modes at equal stored parameters")
 
     return report(out_dir, results, comparisons, Plot("masks.png", draw),
-                  ["run", "stored params", "effective params / application", "final acc", "best acc"], rows)
+                  ["run", "stored params", "effective params / application", "final acc", "best acc"], rows,
+                  effect=sweep.effect)
 
 
 DENSITIES = {"quick": [0.1, 0.5, 0.9], "paper": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]}
@@ -102,7 +103,7 @@ def density_experiment(out_dir, scale, sweep):
         axis.set(xlabel="mask density", ylabel="final test accuracy", title="accuracy vs density")
 
     return report(out_dir, results, comparisons, Plot("density.png", draw),
-                  ["run", "density", "effective params / application", "final acc"], rows)
+                  ["run", "density", "effective params / application", "final acc"], rows, effect=sweep.effect)
 
 
 GRID = {"quick": ([8, 16], [1, 2, 4]), "paper": ([32, 64, 128], [2, 4, 6, 12])}
@@ -144,7 +145,8 @@ def width_depth_experiment(out_dir, scale, sweep):
     note = ("Compare rows of equal parameters (width fixes the stored parameters; depth only adds compute) or of "
             "equal FLOPs per image.\n\n")
     return report(out_dir, results, comparisons, Plot("width_depth.png", draw),
-                  ["run", "width", "depth", "stored params", "effective FLOPs / image", "final acc"], rows, note)
+                  ["run", "width", "depth", "stored params", "effective FLOPs / image", "final acc"], rows, note,
+                  effect=sweep.effect)
 
 
 DEQ_RUNS = ("implicit", "phantom", "one_step", "implicit_jr", "reversible")
@@ -208,7 +210,7 @@ def deq_experiment(out_dir, scale, sweep):
             f"solving.\n\n")
     return report(out_dir, results, comparisons, Plot("deq.png", draw),
                   ["run", "final acc", "train s / epoch", "inference s (test set)", "solver steps fwd",
-                   "solver steps bwd", "train time vs weight-tied"], rows, note)
+                   "solver steps bwd", "train time vs weight-tied"], rows, note, effect=sweep.effect)
 
 
 @experiment("cka", "Diverse masks lower the layer-wise similarity (CKA) of tied applications.")
@@ -231,7 +233,7 @@ def cka_experiment(out_dir, scale, sweep):
             for name in results]
     return report(out_dir, results, comparisons, CkaMaps("cka.png", matrices),
                   ["run", "representations", "mean off-diagonal CKA", "final acc"], rows,
-                  raw={"off_diagonal_cka": off_diagonal})
+                  raw={"off_diagonal_cka": off_diagonal}, effect=sweep.effect)
 
 
 QUALITY_MODELS = {"quick": ("resnet-tiny", "vit-tiny", "cnn-reference"),
@@ -271,7 +273,7 @@ def quality_experiment(out_dir, scale, sweep):
     note = (f"Budget: {budget}, Adam, the default augmentation. A claim row passes when the tied model is within "
             f"{QUALITY_MARGIN:g} of the plain CNN of the same seed.\n\n")
     return report(out_dir, results, comparisons, Plot("quality.png", draw),
-                  ["data", "model", "stored params", "final acc", "range"], rows, note)
+                  ["data", "model", "stored params", "final acc", "range"], rows, note, effect=sweep.effect)
 
 
 OVERLAPS = {"quick": [0.0, 0.5, 0.9, 1.0], "paper": [0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0]}
@@ -316,7 +318,7 @@ def mask_overlap_experiment(out_dir, scale, sweep):
             "set.\n\n")
     return report(out_dir, results, comparisons, Plot("mask_overlap.png", draw),
                   ["overlap", "mask Hamming distance", "mean off-diagonal CKA", "final acc"], rows, note,
-                  raw={"per_run": per_run}, correlations=correlations)
+                  raw={"per_run": per_run}, correlations=correlations, effect=sweep.effect)
 
 
 # LoRA transfer: the rank r of the LoRA arms and the masked copies d of the multi-mask ones, per scale.
@@ -372,7 +374,7 @@ def lora_experiment(out_dir, scale, sweep):
             f"pair, under one mask (rank <= {rank}) or {copies} masks (rank up to {copies * rank}), at the trainable "
             f"parameters of lora-r{rank}. Adapter masks follow the seed.\n\n")
     return report(out_dir, results, comparisons, Plot("lora.png", draw),
-                  ["run", "data", "trainable params", "params", "final acc"], rows, note)
+                  ["run", "data", "trainable params", "params", "final acc"], rows, note, effect=sweep.effect)
 
 
 # Experiments kept in modules of their own register themselves on import (after the registry above exists).

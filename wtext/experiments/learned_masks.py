@@ -104,4 +104,5 @@ def learned_masks_experiment(out_dir, scale, sweep):
             "set.\n\n")
     return report(out_dir, results, comparisons, Panels("learned_masks.png", [draw_hamming, draw_accuracy]),
                   ["run", "density p", "final acc", "mask Hamming between applications", "2p(1−p)",
-                   "masks equal to start", "mean off-diagonal CKA"], rows, note, raw={"per_run": per_run})
+                   "masks equal to start", "mean off-diagonal CKA"], rows, note, raw={"per_run": per_run},
+                   effect=sweep.effect)

@@ -129,6 +129,8 @@ class Sweep:
         self.fuse, self.fuse_max = fuse, fuse_max
         self.config_type = config_type
         self.noted: set[str] = set()
+        self.effect: float | None = None  # a difference to size the seeds for in the verdicts (--effect)
+        self.estimated_seconds: float | None = None  # set by a dry run: every job's estimated wall time, summed
 
     def jobs(self, runs: dict[str, dict]) -> list[Job]:
         jobs = []
@@ -247,6 +249,7 @@ class Sweep:
             self.log(f"{job.label:<30} {facts['stored']:>10,} params{frozen}  {job.config.epochs} epochs x "
                      f"{cost['steps_per_epoch']} steps on {job.config.dataset}  ~{format_seconds(cost['seconds'])}"
                      f"{'  (done)' if done else ''}")
+        self.estimated_seconds = total
         self.log(f"estimated total {format_seconds(total)} on {estimates[next(iter(estimates))]['device']}; "
                  f"still to run {format_seconds(remaining)} ({len(estimates)} distinct models measured)")
 
