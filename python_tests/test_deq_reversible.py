@@ -253,3 +253,21 @@ def test_reversible_peak_cuda_memory_is_flat_in_the_steps(device):
 def test_bad_reversible_options_name_the_option(options, message):
     with pytest.raises(ValueError, match=message):
         deq.DEQConfig(**options)
+
+
+def test_under_torch_compile_the_reverse_walk_reconstructs_exactly():
+    # The coupled iteration and its reverse walk stay eager inside a compiled model: a compiled forward rounds
+    # differently from the eager f the backward re-runs (measured: reconstruction error 0.95 instead of 0).
+    cell = TanhCell(dtype=torch.float32)
+    x = torch.randn(4, 3, requires_grad=True)
+    probe = torch.randn(4, 6)
+    layer = deq.DEQ(cell, deq.DEQConfig(backward="reversible", f_max_iter=8, f_tol=1e-30))
+    eager_out = layer(x)
+    eager = gradients(eager_out.z, probe, (x, cell.w, cell.u))
+    compiled_layer = torch.compile(layer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ReconstructionWarning)
+        out = compiled_layer(x)
+        compiled = gradients(out.z, probe, (x, cell.w, cell.u))
+    assert float(out.reconstruction[0].error.max()) == 0.0
+    assert torch.equal(compiled, eager)

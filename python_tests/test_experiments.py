@@ -344,11 +344,11 @@ def test_plan_sizes_seeds_and_hours_from_a_pilot(tmp_path, capsys):
 
 def test_plan_names_a_bad_pilot(tmp_path, capsys):
     assert main(["plan", "cka", "--pilot", str(tmp_path / "none"), "--device", "cpu"]) == 2
-    assert "no results.json there" in capsys.readouterr().out
+    assert "no results.json there" in capsys.readouterr().err
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "results.json").write_text("{not json")
     assert main(["plan", "cka", "--pilot", str(tmp_path / "bad"), "--device", "cpu"]) == 2
-    assert "not the results.json of a wtext experiment" in capsys.readouterr().out
+    assert "not the results.json of a wtext experiment" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["plan", "cka", "--power", "1.5"])
     assert "expected a number in (0, 1)" in capsys.readouterr().err

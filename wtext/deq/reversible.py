@@ -57,6 +57,10 @@ def coupled_step(f, y: torch.Tensor, z: torch.Tensor, beta: float, compute_dtype
     return y, z, fz
 
 
+# Eager even inside torch.compile, as is reversible(): the reverse walk re-runs f eagerly, and only the same code on the
+# same inputs gives the same values; a compiled forward (fused kernels, other rounding) was measured to reconstruct
+# its initial state with error 0.95 instead of 0.
+@torch.compiler.disable
 def coupled_iteration(f, z0: torch.Tensor, *, beta: float, max_iter: int, tol: float, stop_mode: str = "rel",
                       record_steps=(), divergence_ratio: float = 1e3, check_every: int = 0,
                       state_dtype: torch.dtype = torch.float64):
@@ -202,6 +206,7 @@ def warn_if_inexact(error: torch.Tensor, bound: float, steps: int, beta: float) 
         ReconstructionWarning, stacklevel=2)
 
 
+@torch.compiler.disable
 def reversible(f, y_last: torch.Tensor, z_last: torch.Tensor, z_first: torch.Tensor, *, beta: float, steps: int,
                bound: float, tensors, sink: list) -> torch.Tensor:
     """z_N in z_first's dtype, attached to the graph of `tensors` with the reversible gradient of `steps` coupled

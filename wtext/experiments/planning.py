@@ -15,6 +15,7 @@ uncertain by tens of percent, and the spread at another scale may differ.
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 from .definitions import EXPERIMENTS, SCALES
@@ -126,7 +127,7 @@ def main(argv=None) -> int:
         print(f"estimating one seed of {args.name} at {args.scale} scale from measured steps ...", flush=True)
         seed_seconds, measured_on = seconds_per_seed(args.name, args.scale, args.device)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
-        print(f"wtext.experiments plan: error: {error}", flush=True)
+        print(f"wtext.experiments plan: error: {error}", file=sys.stderr, flush=True)
         return 2
     effect = "each claim's observed difference" if args.effect is None else f"±{args.effect:g}"
     print(f"\n{args.name}: seeds to detect {effect} with power {args.power:g} (paired t-test, two-sided 5%), from "
