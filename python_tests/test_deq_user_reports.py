@@ -12,28 +12,11 @@ import pytest
 import torch
 from torch import nn
 
+from test_deq_gradients import TanhCell  # tanh(z W^T + x U^T), float64, ||W||_2 = 0.7
 from wtext import deq
 
 TIGHT_FORWARD = dict(f_max_iter=200, f_tol=1e-13, f_stop_mode="abs")
 TIGHT_BACKWARD = dict(b_max_iter=200, b_tol=1e-13, b_stop_mode="abs")
-
-
-class TanhCell(nn.Module):
-    """f(z, x) = tanh(z W^T + x U^T) in float64 with ||W||_2 = `norm`: a contraction (tanh' <= 1)."""
-
-    def __init__(self, dim=5, in_dim=3, norm=0.7, seed=0):
-        super().__init__()
-        generator = torch.Generator().manual_seed(seed)
-        w = torch.randn(dim, dim, generator=generator, dtype=torch.float64)
-        self.w = nn.Parameter(norm * w / torch.linalg.matrix_norm(w, 2))
-        self.u = nn.Parameter(torch.randn(dim, in_dim, generator=generator, dtype=torch.float64))
-        self.dim = dim
-
-    def forward(self, z, x):
-        return torch.tanh(z @ self.w.T + x @ self.u.T)
-
-    def initial_state(self, x):
-        return x.new_zeros(x.shape[0], self.dim)
 
 
 class CountingCell(nn.Module):
