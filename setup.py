@@ -81,7 +81,7 @@ setup(
     description="Multi-mask weight-tied vision models and their deep-equilibrium baseline, with C++/CUDA kernels",
     packages=find_packages(include=["wtext", "wtext.*"]),
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "numpy"],
+    install_requires=["torch>=2.4", "numpy", "scipy"],  # scipy: the experiments' statistics
     ext_modules=[extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension},
     zip_safe=False,
