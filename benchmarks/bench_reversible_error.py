@@ -60,7 +60,8 @@ def relative(a, b):
 
 
 def trained(model, steps: int, batch: int):
-    """The model after `steps` Adam steps on the digits (8x8 images scaled to 32x32), implicit-free: unrolled."""
+    """The model after `steps` Adam steps on the digits (8x8 images scaled to 32x32), trained with its own (unrolled)
+    gradient."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()

@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from . import backward as gradients
-from .config import DEQConfig
+from .config import COUPLED_MODES, DEQConfig
 from .regularizers import jacobian_frobenius
 from .registry import get_solver
 from .reversible import STATE_DTYPES, ReconstructionStats, coupled_iteration, reversible
@@ -68,7 +68,7 @@ class DEQ(nn.Module):
         fixed-point correction loss when training); inputs: tensors besides x and the cell's parameters that the
         cell reads (the reversible backward needs them named)."""
         config = self.config
-        if config.backward in ("reversible", "unrolled"):
+        if config.backward in COUPLED_MODES:
             return self._coupled(x, z0, record_steps, inputs)
 
         def f(z):

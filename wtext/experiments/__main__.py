@@ -146,8 +146,8 @@ def main(argv=None) -> int:
     print(f"{experiment.name} ({args.scale} scale, {len(seeds)} seed(s)) -> {out_dir}\nclaim: {experiment.claim}",
           flush=True)
     sweep = Sweep(out_dir, base, lambda message: print(message, flush=True), dry_run=args.dry_run, given=given,
-                  seeds=seeds, worker=worker, train=not args.no_train, fuse=args.fuse, fuse_max=args.fuse_max)
-    sweep.effect = args.effect
+                  seeds=seeds, worker=worker, train=not args.no_train, fuse=args.fuse, fuse_max=args.fuse_max,
+                  effect=args.effect)
     try:
         body = experiment.run(out_dir, args.scale, sweep)
     except (PlanShown, WorkerFinished):

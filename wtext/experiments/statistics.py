@@ -27,10 +27,14 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def student_t_cdf(t: float, df: int) -> float:
-    """P(T <= t) for Student's t with df degrees of freedom."""
+def check_degrees_of_freedom(df: int) -> None:
     if df < 1:
         raise ValueError(f"degrees of freedom must be >= 1; got df={df}")
+
+
+def student_t_cdf(t: float, df: int) -> float:
+    """P(T <= t) for Student's t with df degrees of freedom."""
+    check_degrees_of_freedom(df)
     return float(stats.t.cdf(t, df))
 
 
@@ -38,8 +42,7 @@ def student_t_quantile(probability: float, df: int) -> float:
     """The t with P(T <= t) = probability (0.5 < probability < 1)."""
     if not 0.5 < probability < 1:
         raise ValueError(f"probability must be in (0.5, 1); got {probability}")
-    if df < 1:
-        raise ValueError(f"degrees of freedom must be >= 1; got df={df}")
+    check_degrees_of_freedom(df)
     return float(stats.t.ppf(probability, df))
 
 

@@ -115,12 +115,13 @@ class Sweep:
     run is trained with; worker: (i, n) to train only the jobs j with j % n == i and stop; dry_run: list the jobs
     with measured time estimates and stop; train: False to refuse training (merging workers' results only: an error
     names the jobs still missing); config_type: the runs' config class (TrainConfig, or a subclass with more
-    options, treated by their declared roles).
+    options, treated by their declared roles); effect: a difference the verdict tables size the seeds for (--effect).
     """
 
     def __init__(self, out_dir: Path, base: dict, log=print, dry_run: bool = False, given: dict | None = None,
                  seeds: tuple[int, ...] = (0,), worker: tuple[int, int] | None = None, train: bool = True,
-                 fuse: bool = False, fuse_max: int | None = None, config_type: type = TrainConfig):
+                 fuse: bool = False, fuse_max: int | None = None, config_type: type = TrainConfig,
+                 effect: float | None = None):
         if not seeds:
             raise ValueError("a sweep needs at least one seed")
         self.out_dir, self.base, self.log, self.dry_run = out_dir, base, log, dry_run
@@ -129,7 +130,7 @@ class Sweep:
         self.fuse, self.fuse_max = fuse, fuse_max
         self.config_type = config_type
         self.noted: set[str] = set()
-        self.effect: float | None = None  # a difference to size the seeds for in the verdicts (--effect)
+        self.effect = effect  # a difference to size the seeds for in the verdicts (--effect)
         self.estimated_seconds: float | None = None  # set by a dry run: every job's estimated wall time, summed
 
     def jobs(self, runs: dict[str, dict]) -> list[Job]:
