@@ -12,7 +12,7 @@ import glob
 import os
 import sys
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 try:
     import torch
@@ -75,13 +75,8 @@ def extension():
     )
 
 
+# The package's metadata, dependencies and console scripts are in pyproject.toml; only the extension is built here.
 setup(
-    name="wtext",
-    version="0.1.0",
-    description="Multi-mask weight-tied vision models and their deep-equilibrium baseline, with C++/CUDA kernels",
-    packages=find_packages(include=["wtext", "wtext.*"]),
-    python_requires=">=3.10",
-    install_requires=["torch>=2.4", "numpy", "scipy"],  # scipy: the experiments' statistics
     ext_modules=[extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension},
     zip_safe=False,

@@ -173,9 +173,9 @@ def test_a_checkpoint_with_fewer_running_sums_resumes(tmp_path):
 def test_config_file_then_command_line(tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text('epochs = 3\nlr = 0.01\nmask_mode = "same"\ndensity = 0.7\n')
-    config = resolve_config(["--config", str(toml), "--lr", "0.02", "--no-augment"])
+    config = resolve_config(["--config", str(toml), "--lr", "0.02", "--augment", "none"])
     assert (config.epochs, config.lr, config.mask_mode, config.density, config.augment) == (3, 0.02, "same", 0.7,
-                                                                                           False)
+                                                                                           "none")
     assert resolve_config([]).lr == 1e-3
     yaml = pytest.importorskip("yaml")
     yml = tmp_path / "run.yaml"

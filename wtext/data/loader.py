@@ -28,8 +28,8 @@ def crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, 
 class DeviceLoader:
     """Iterates (images float [B, 3, H, W] normalized, labels int64 [B]) over a Split held on its device.
 
-    train=True shuffles, augments (augment=True: random crop with `pad`, and a horizontal flip unless flip=False)
-    and drops the last partial batch; train=False keeps order and every image.
+    train=True shuffles, augments (augment=True: a random crop with `pad` unless crop=False, and a horizontal flip
+    unless flip=False) and drops the last partial batch; train=False keeps order and every image.
 
     Data-parallel runs: rank r of W holds the shard r, r+W, ... of the training set (see load_dataset) and loads it
     with rank=r: all ranks share the shuffle of shard positions, each has its own augmentation stream.
@@ -38,7 +38,7 @@ class DeviceLoader:
     """
 
     def __init__(self, split: Split, batch_size: int, mean, std, *, train: bool, seed: int = 0, augment: bool = True,
-                 pad: int = 4, flip: bool = True, channels_last: bool = False, rank: int = 0, interleave: int = 1):
+                 pad: int = 4, crop: bool = True, flip: bool = True, channels_last: bool = False, rank: int = 0, interleave: int = 1):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got batch_size={batch_size}")
         if interleave < 1 or batch_size % interleave:
@@ -46,7 +46,7 @@ class DeviceLoader:
                              f"batch_size={batch_size}")
         self.split, self.batch_size, self.train = split, batch_size, train
         self.seed, self.augment, self.pad, self.channels_last = seed, augment and train, pad, channels_last
-        self.flip = flip
+        self.crop, self.flip = crop, flip
         self.rank, self.interleave = rank, interleave
         device = split.images.device
         self.scale = (1.0 / (255.0 * torch.tensor(std, device=device))).view(1, 3, 1, 1)
@@ -95,9 +95,12 @@ class DeviceLoader:
                 per_rank = len(batch) // len(generators)
                 offsets = torch.cat([torch.randint(0, 2 * self.pad + 1, (per_rank, 2), generator=g, device=device)
                                      for g in generators])
-                # Drawn even without flips, so that the crops do not depend on the flip setting.
+                # Both are drawn whatever the parts chosen, so that the crops do not depend on the flip setting nor
+                # the flips on the crop setting; an unshifted crop (offset pad) is the image itself.
                 flips = torch.cat([torch.rand(per_rank, generator=g, device=device) < 0.5 for g in generators])
                 flips &= self.flip
+                if not self.crop:
+                    offsets.fill_(self.pad)
             if index < start:
                 continue
             images = self.split.images[batch]

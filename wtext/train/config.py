@@ -137,8 +137,10 @@ class TrainConfig:
                                  "test images of the synthetic set")
     batch_size: int = option(64, Role.SHARED | Role.BUDGET,
                              "global batch size (split across data-parallel ranks)")
-    augment: bool = option(True, Role.NONE,
-                           "random crop (pad 4) and horizontal flip (not for digits) on the device")
+    augment: str = option("auto", Role.NONE,
+                          "augmentation of training images, on the device: crop (random crop, pad 4), flip "
+                          "(horizontal), crop,flip, none, or auto: crop,flip except crop alone on digits; true/false "
+                          "in older config files mean auto/none")
     # Optimization
     epochs: int = option(6, Role.RESUMABLE | Role.SHARED | Role.BUDGET,
                          "training epochs")
@@ -194,6 +196,9 @@ class TrainConfig:
                                    "stop as if interrupted after this many steps (0: never); for tests")
 
     def __post_init__(self):
+        # Config files and checkpoints from before augment named its parts held a bool: true meant today's auto.
+        if isinstance(self.augment, bool):
+            self.augment = "auto" if self.augment else "none"
         self.validate()
 
     def validate(self) -> None:
@@ -203,6 +208,7 @@ class TrainConfig:
             value = getattr(self, f.name)
             if choices and value is not None and value not in choices:
                 raise ValueError(f"{f.name} must be one of {', '.join(choices)}; got {f.name}={value!r}")
+        self.augment = canonical_augment(self.augment)
         if not DEVICE_PATTERN.fullmatch(self.device):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N; got device={self.device!r}")
         if not 0 <= self.seed < 2**32:  # numpy's seed range
@@ -276,6 +282,14 @@ class TrainConfig:
                              f"{getattr(self, changed[0])!r} with mask_mode={self.mask_mode} (add --mask-mode learned "
                              f"or drop --{changed[0].replace('_', '-')})")
 
+    def augmentation(self, dataset_flips: bool) -> tuple[bool, bool]:
+        """(crop, flip) of training images; auto flips only data sets whose images mirror well (dataset_flips:
+        not digits), an explicit flip is obeyed on any data set."""
+        if self.augment == "auto":
+            return True, dataset_flips
+        parts = self.augment.split(",")
+        return "crop" in parts, "flip" in parts
+
     def learned_mask_lr(self) -> float:
         return 10 * self.lr if self.mask_lr is None else self.mask_lr
 
@@ -345,6 +359,22 @@ class TrainConfig:
             raise ValueError(f"nm must look like N:M, e.g. 2:4; got nm={self.nm!r}") from None
         check_nm(n, m)
         return n, m
+
+
+AUGMENT_PARTS = ("crop", "flip")
+
+
+def canonical_augment(text: str) -> str:
+    """augment in one spelling: auto, none, or its parts in AUGMENT_PARTS order ("flip, crop" -> "crop,flip"), so
+    that equal choices compare equal when a run resumes or a fused group is formed."""
+    if text in ("auto", "none"):
+        return text
+    parts = [part.strip() for part in text.split(",")]
+    unknown = [part for part in parts if part not in AUGMENT_PARTS]
+    if unknown or not parts:
+        raise ValueError(f"augment must be auto, none, or a comma-separated list of {' and '.join(AUGMENT_PARTS)}; "
+                         f"got augment={text!r}")
+    return ",".join(part for part in AUGMENT_PARTS if part in parts)
 
 
 def _pattern_list(text: str | None, name: str) -> tuple[str, ...] | None:

@@ -93,8 +93,9 @@ class Trainer:
                               synthetic_train=config.synthetic_train, synthetic_test=config.synthetic_test,
                               seed=config.seed, shard=(self.cluster.rank, world))
         self.channels_last = config.channels_last and self.device.type == "cuda"
+        crop, flip = config.augmentation(self.data.flip)
         self.train_loader = DeviceLoader(self.data.train, config.batch_size // world, self.data.mean, self.data.std,
-                                         train=True, seed=config.seed, augment=config.augment, flip=self.data.flip,
+                                         train=True, seed=config.seed, augment=crop or flip, crop=crop, flip=flip,
                                          channels_last=self.channels_last, rank=self.cluster.rank,
                                          interleave=config.interleave)
         if len(self.train_loader) == 0 and not config.eval_only:
@@ -281,8 +282,14 @@ class Trainer:
         self.log(f"{config.model}{' (DEQ ' + config.deq + ')' if config.deq else ''}: {self.facts['stored']:,} "
                  f"parameters ({self.facts['effective_per_application']:,.0f} effective per application"
                  f"{self.trainable_note()}), mask {config.mask_mode}/{config.pattern}, {config.dataset}: "
-                 f"{len(self.data.train) * self.cluster.world} train / {len(self.data.test)} test images, device "
+                 f"{len(self.data.train) * self.cluster.world} train / {len(self.data.test)} test images "
+                 f"(augmentation {self.augmentation_note()}), device "
                  f"{self.device}, {self.cluster.world} rank(s)")
+
+    def augmentation_note(self) -> str:
+        """What --augment does on this data set: 'crop,flip', 'crop', 'flip' or 'none' (auto resolved)."""
+        parts = [name for name, on in zip(("crop", "flip"), self.config.augmentation(self.data.flip)) if on]
+        return ",".join(parts) or "none"
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.core.parameters() if p.requires_grad)
