@@ -29,6 +29,7 @@ from wtext.data.datasets import DATASETS
 from wtext.models import PRESETS
 from wtext.nn import MASK_MODES
 from wtext.train import Interrupted, NonFiniteLoss
+from wtext.train.tensorboard_log import summary_writer_class
 
 from .definitions import EXPERIMENTS, SCALES
 from .sweep import PlanShown, Sweep, WorkerFinished, parse_worker
@@ -95,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fuse-max", type=positive_int, help="at most this many runs per fused group")
     parser.add_argument("--no-train", action="store_true",
                         help="train nothing: write the tables from finished runs, or say which are missing")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="every run writes TensorBoard event files (RUN_DIR/tensorboard); one TensorBoard over "
+                             "OUT/runs shows the whole sweep (needs the tensorboard package)")
     parser.add_argument("--effect", type=positive_float,
                         help="a difference to size the seeds for: the verdict table gets the seeds each claim needs "
                              "to detect it (power 0.8), in the claim's own units (accuracy 0.01 = 1 point)")
@@ -121,7 +125,7 @@ def main(argv=None) -> int:
         parser.error("--worker trains its share and --no-train trains nothing: give one of them")
     if args.fuse_max is not None and not args.fuse:
         parser.error("--fuse-max limits the groups of --fuse: give --fuse too")
-    base = dict(SCALES[args.scale], device=args.device)
+    base = dict(SCALES[args.scale], device=args.device, tensorboard=args.tensorboard)
     dataset = args.dataset or base["dataset"]
     # A dry run times synthetic images of the same shape: it reads no files.
     if dataset in ("cifar10", "imagenet32") and not args.data_dir and not args.dry_run:
@@ -142,6 +146,12 @@ def main(argv=None) -> int:
         parser.error(f"--out {out_dir} is a file; give a directory")
     if not args.dry_run:
         out_dir.mkdir(parents=True, exist_ok=True)
+    if args.tensorboard and not args.dry_run:
+        try:
+            summary_writer_class()
+        except ValueError as error:
+            parser.error(str(error))
+        print(f"TensorBoard: tensorboard --logdir {out_dir / 'runs'}", flush=True)
     start = time.perf_counter()
     print(f"{experiment.name} ({args.scale} scale, {len(seeds)} seed(s)) -> {out_dir}\nclaim: {experiment.claim}",
           flush=True)

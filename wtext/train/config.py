@@ -190,15 +190,17 @@ class TrainConfig:
                                              "every epoch end and on Ctrl-C")
     progress: bool = option(True, Role.RESUMABLE | Role.COST_NEUTRAL,
                             "progress bars")
+    tensorboard: bool = option(False, Role.RESUMABLE | Role.COST_NEUTRAL,
+                               "write the run's scalars (loss, accuracy, learning rate, images/s, DEQ solver steps "
+                               "and residuals; every few steps and every epoch) as TensorBoard event files in "
+                               "RUN_DIR/tensorboard (needs the tensorboard package)")
     interleave: int = option(1, Role.NONE,
                              "order data as an N-rank data-parallel run would (to reproduce one in one process)")
     stop_after_steps: int = option(0, Role.RESUMABLE | Role.SHARED,
                                    "stop as if interrupted after this many steps (0: never); for tests")
 
     def __post_init__(self):
-        # Config files and checkpoints from before augment named its parts held a bool: true meant today's auto.
-        if isinstance(self.augment, bool):
-            self.augment = "auto" if self.augment else "none"
+        self.augment = upgrade_saved_options({"augment": self.augment})["augment"]  # older config files
         self.validate()
 
     def validate(self) -> None:
@@ -362,6 +364,14 @@ class TrainConfig:
 
 
 AUGMENT_PARTS = ("crop", "flip")
+
+
+def upgrade_saved_options(saved: dict) -> dict:
+    """A run's saved options (config.json, a checkpoint's config) in today's spelling: augment was a bool before it
+    named its parts (true meant auto)."""
+    if isinstance(saved.get("augment"), bool):  # not 0 or 1: those stay errors of type
+        saved = {**saved, "augment": "auto" if saved["augment"] else "none"}
+    return saved
 
 
 def canonical_augment(text: str) -> str:

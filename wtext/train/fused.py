@@ -41,24 +41,28 @@ def train_fused(configs: list[TrainConfig], log=print) -> list[dict]:
             results[index] = summary
             continue
         members.append((index, Trainer(config, load_data=datasets, tag=config.run_dir, write=log)))
-    for _, member in members:
-        member.start()
-        member.log(f"fused member: {describe_member(member.config)}")
-    active = []
-    for index, member in members:
-        if member.state.epoch >= member.config.epochs:  # its checkpoint already holds every epoch: summarized only
-            results[index] = member.summarize(0.0)
-        else:
-            active.append((index, member))
-    position = lambda item: (item[1].state.epoch, item[1].state.step_in_epoch)  # noqa: E731
-    for (epoch, step), part in groupby(sorted(active, key=position), key=position):
-        part = list(part)
-        group = [member for _, member in part]
-        fused = FusedStep(group)
-        first = group[0]
-        log(f"fused group of {len(group)} {first.config.model} runs (width {first.config.width}, depth "
-            f"{first.config.depth}) from epoch {epoch + 1}, step {step}, on {fused.device}")
-        wall = fit(group, fused)
-        for index, member in part:
-            results[index] = member.summarize(wall / len(group))
+    try:
+        for _, member in members:
+            member.start()
+            member.log(f"fused member: {describe_member(member.config)}")
+        active = []
+        for index, member in members:
+            if member.state.epoch >= member.config.epochs:  # its checkpoint already holds every epoch: summarized only
+                results[index] = member.summarize(0.0)
+            else:
+                active.append((index, member))
+        position = lambda item: (item[1].state.epoch, item[1].state.step_in_epoch)  # noqa: E731
+        for (epoch, step), part in groupby(sorted(active, key=position), key=position):
+            part = list(part)
+            group = [member for _, member in part]
+            fused = FusedStep(group)
+            first = group[0]
+            log(f"fused group of {len(group)} {first.config.model} runs (width {first.config.width}, depth "
+                f"{first.config.depth}) from epoch {epoch + 1}, step {step}, on {fused.device}")
+            wall = fit(group, fused)
+            for index, member in part:
+                results[index] = member.summarize(wall / len(group))
+    finally:
+        for _, member in members:
+            member.close_logs()
     return results

@@ -130,6 +130,11 @@ def read_sums(trainers: list[Trainer], sums: torch.Tensor, bar) -> bool:
             if not bad:
                 trainer.save()
         trainers[diverged.index(True)].stop_non_finite()
+    for trainer, run_totals in zip(trainers, totals):
+        if trainer.tensorboard is not None:
+            seconds = max(trainer.state.epoch_seconds(), 1e-9)
+            trainer.tensorboard.window(trainer.state.epoch, trainer.state.steps_done, run_totals,
+                                       trainer.learning_rate(), run_totals["images"] * trainer.cluster.world / seconds)
     if bar is not None:
         first, images = trainers[0], sum(t["images"] for t in totals)
         seconds = first.state.epoch_seconds() / first.state.time_share  # the group's time
@@ -155,6 +160,8 @@ def finish_epoch(trainers: list[Trainer], step) -> None:
         if trainer.cluster.main:
             append_metrics(trainer.run_dir, record)
             crash_point("metrics")
+            if trainer.tensorboard is not None:
+                trainer.tensorboard.epoch(record, trainer.state.steps_done)
             trainer.log(epoch_line(record) + (" (fused share)" if len(trainers) > 1 else ""))
 
 
@@ -208,5 +215,6 @@ def run(config) -> dict:
         finish_together(trainer.cluster)
         return summary
     finally:
+        trainer.close_logs()
         shutdown(trainer.cluster)
 

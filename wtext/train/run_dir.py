@@ -8,7 +8,7 @@ from pathlib import Path
 
 from wtext.safe_files import write_text_atomic
 
-from .config import Role, TrainConfig, options_with
+from .config import Role, TrainConfig, options_with, upgrade_saved_options
 from .report import write_metrics
 
 # What a new run clears from its directory: files of an earlier run there would be mistaken for its own.
@@ -28,6 +28,7 @@ def changed_options(saved: dict, config: TrainConfig) -> list[str]:
     config_type = type(config)
     current, defaults = dataclasses.asdict(config), dataclasses.asdict(config_type())
     resumable = options_with(Role.RESUMABLE, config_type)
+    saved = upgrade_saved_options(saved)
     return sorted(k for k in current if k not in resumable and saved.get(k, defaults[k]) != current[k])
 
 

@@ -31,6 +31,7 @@ from .run_state import NonFiniteLoss, RunState
 from .running import as_dict, sum_of, zero_sums
 from .schedule import warmup_cosine
 from .steps import EagerStep
+from .tensorboard_log import TensorBoardLog, summary_writer_class
 
 CHECKPOINT = "checkpoint.pt"
 MASK_SCORES_GROUP = "mask_scores"  # the name of the optimizer's parameter group of learned masks' scores
@@ -69,6 +70,9 @@ class Trainer:
         if config.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
+        if config.tensorboard and not config.eval_only:
+            summary_writer_class()  # a missing package is named before any data is loaded
+        self.tensorboard: TensorBoardLog | None = None  # opened by start()
         seed_everything(config.seed)
         self.build_data(load_data)
         self.build_model()
@@ -278,6 +282,8 @@ class Trainer:
             prepare_run_dir(self.run_dir, config, self.state.history)
         if not config.resume:
             self.save()
+        if config.tensorboard and self.cluster.main:
+            self.tensorboard = TensorBoardLog(self.run_dir, self.state.steps_done if config.resume else None)
         self.facts = models.describe(self.core)
         self.log(f"{config.model}{' (DEQ ' + config.deq + ')' if config.deq else ''}: {self.facts['stored']:,} "
                  f"parameters ({self.facts['effective_per_application']:,.0f} effective per application"
@@ -322,5 +328,12 @@ class Trainer:
             if lora.adapters(self.core):  # the adapter alone (factors and trained modules): a few KB
                 lora.save_adapter(self.core, self.run_dir / "adapter.pt")
             self.log("\n" + final_table(summary))
+        self.close_logs()
         return summary
+
+    def close_logs(self) -> None:
+        """Writes out and closes the TensorBoard event file (when --tensorboard); safe to call again."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
 
