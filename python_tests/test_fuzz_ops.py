@@ -465,9 +465,62 @@ def anderson_cases() -> list[Case]:
     return cases
 
 
+def raw_op_cases() -> list[Case]:
+    """The registered ops called directly (torch.ops.wtext.*), past the Python front end's own checks: a bool is not a
+    density (the schema's float would have read True as 1.0), in eager and fake (meta) calls alike."""
+    cases = []
+    for device in ("cpu", "meta"):
+        like = t(6, 8, device=device)
+        cases.append(Case(f"raw mask density=True [{device}]", "error",
+                          lambda like=like: torch.ops.wtext.mask(like(), 3, 0, True, "bernoulli", 2, 4),
+                          r"density must be a real number in \(0, 1\], not a bool"))
+        cases.append(Case(f"raw tied_masked_weights density=False [{device}]", "error",
+                          lambda like=like: torch.ops.wtext.tied_masked_weights(like(), [0, 1], 3, False, "bernoulli",
+                                                                                2, 4, "multi"),
+                          r"density must be a real number in \(0, 1\], not a bool"))
+        cases.append(Case(f"raw tied_masked_weights_backward density=True [{device}]", "error",
+                          lambda like=like: torch.ops.wtext.tied_masked_weights_backward(
+                              torch.ones(2, 6, 8, device=like().device), like(), [0, 1], 3, True, "bernoulli", 2, 4,
+                              "multi"),
+                          r"density must be a real number in \(0, 1\], not a bool"))
+
+    def integer_density():  # an int is a real number: 1 keeps every element, as the front end's mask(density=1)
+        return torch.ops.wtext.mask(torch.empty(6, 8), 3, 0, 1, "bernoulli", 2, 4), torch.ones(6, 8)
+    cases.append(Case("raw mask density=1", "valid", integer_density))
+    return cases
+
+
+def inference_tensor_cases() -> list[Case]:
+    """anderson_step updates its histories in place; PyTorch's rule for in-place updates of tensors made under
+    torch.inference_mode() (only inside inference mode) holds for it as for PyTorch's own in-place ops."""
+    def call(a):
+        return torch.ops.wtext.anderson_step(*a.values())
+
+    cases = []
+    for arg in ("g_history", "f_history", "gram"):
+        def run(arg=arg):
+            a = build(ANDERSON_ARGS)
+            with torch.inference_mode():
+                a[arg] = a[arg].clone()
+            call(a)
+        cases.append(Case(f"anderson_step {arg}=<made under inference_mode>", "error", run,
+                          word(arg) + r".*inference_mode"))
+
+    def inside_inference_mode():  # every tensor an inference tensor, called inside the mode: the normal step
+        a = build(ANDERSON_ARGS)
+        b = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in a.items()}
+        with torch.inference_mode():
+            inference = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in a.items()}
+            got = call(inference)
+        return got, call(b)
+    cases.append(Case("anderson_step all tensors made and stepped under inference_mode", "valid",
+                      inside_inference_mode))
+    return cases
+
+
 def all_cases() -> list[Case]:
     return (mask_cases() + tied_cases() + learned_cases() + conv_cases() + linear_cases() + backward_cases() +
-            anderson_cases())
+            anderson_cases() + raw_op_cases() + inference_tensor_cases())
 
 
 # --- classification ---

@@ -23,6 +23,7 @@
 //   step the best iterate is x where best_pending is set, `best` elsewhere.
 #include "anderson/anderson.h"
 
+#include <c10/core/InferenceMode.h>
 #include <torch/library.h>
 
 #include <utility>
@@ -30,6 +31,14 @@
 #include "anderson/anderson_solve.h"
 
 namespace wtext {
+
+// PyTorch's rule for its own in-place ops: a tensor made under torch.inference_mode() is updated in place only inside
+// inference mode (the kernels write through data pointers, so the dispatcher would not enforce it for them).
+void check_updatable(const at::Tensor& tensor, const char* op, const char* name) {
+  TORCH_CHECK(!tensor.is_inference() || c10::InferenceMode::is_enabled(), op, ": ", name,
+              " was made under torch.inference_mode() and is updated in place: call ", op,
+              " inside inference mode too, or make ", name, " outside it");
+}
 
 void check_anderson_step(const at::Tensor& x, const at::Tensor& fx, const at::Tensor& g_history,
                          const at::Tensor& f_history, const at::Tensor& gram, int64_t step, double lam, double beta) {
@@ -59,8 +68,10 @@ void check_anderson_step(const at::Tensor& x, const at::Tensor& fx, const at::Te
                 "; got ", name, ".device=", tensor->device());
   }
   for (const auto& [name, tensor] : others) {
-    TORCH_CHECK(tensor == &fx || tensor->is_contiguous(), "anderson_step: g_history, f_history and gram must be "
-                "contiguous (they are updated in place); got a non-contiguous ", name);
+    if (tensor == &fx) continue;
+    TORCH_CHECK(tensor->is_contiguous(), "anderson_step: g_history, f_history and gram must be contiguous (they are "
+                "updated in place); got a non-contiguous ", name);
+    check_updatable(*tensor, "anderson_step", name);
   }
   TORCH_CHECK(step >= 0, "anderson_step: step must be >= 0; got step=", step);
   TORCH_CHECK(lam >= 0 && std::isfinite(lam), "anderson_step: lam must be a finite number >= 0; got lam=", lam);
@@ -99,6 +110,7 @@ void check_anderson_tracked_step(const at::Tensor& x, const at::Tensor& fx, cons
                 "; got ", name, ".device=", tensor.device());
     TORCH_CHECK(tensor.is_contiguous(), "anderson_tracked_step: ", name,
                 " must be contiguous (it is updated in place)");
+    check_updatable(tensor, "anderson_tracked_step", name);
   };
   const at::ScalarType real = x.scalar_type();
   TORCH_CHECK(previous_x.sym_sizes() == x.sym_sizes() && previous_x.scalar_type() == real &&

@@ -85,22 +85,29 @@ at::Tensor sum_masked_gradients(const TiedMaskKernels& kernels, const TiedMaskPl
   return grad_weight;
 }
 
-void check_mask(const at::Tensor& like, int64_t /*seed*/, int64_t layer, double density, c10::string_view pattern,
-                int64_t nm_n, int64_t nm_m) {
-  check_mask_plan(like, layer, density, pattern, nm_n, nm_m, "multi");
+double density_number(const c10::Scalar& density) {
+  TORCH_CHECK(!density.isBoolean(), "density must be a real number in (0, 1], not a bool; got density=",
+              density.toBool() ? "True" : "False");
+  TORCH_CHECK(!density.isComplex(), "density must be a real number in (0, 1]; got the complex density=", density);
+  return density.toDouble();
 }
 
-void check_tied_masked_weights(const at::Tensor& weight, at::IntArrayRef layers, int64_t /*seed*/, double density,
-                               c10::string_view pattern, int64_t nm_n, int64_t nm_m, c10::string_view mode,
-                               std::optional<at::ScalarType> dtype) {
-  check_mask_plan(weight, layers, density, pattern, nm_n, nm_m, mode);
+void check_mask(const at::Tensor& like, int64_t /*seed*/, int64_t layer, const c10::Scalar& density,
+                c10::string_view pattern, int64_t nm_n, int64_t nm_m) {
+  check_mask_plan(like, layer, density_number(density), pattern, nm_n, nm_m, "multi");
+}
+
+void check_tied_masked_weights(const at::Tensor& weight, at::IntArrayRef layers, int64_t /*seed*/,
+                               const c10::Scalar& density, c10::string_view pattern, int64_t nm_n, int64_t nm_m,
+                               c10::string_view mode, std::optional<at::ScalarType> dtype) {
+  check_mask_plan(weight, layers, density_number(density), pattern, nm_n, nm_m, mode);
   TORCH_CHECK(!dtype.has_value() || at::isFloatingType(*dtype), "dtype must be a floating-point dtype; got dtype=",
               *dtype);
 }
 
 void check_tied_masked_weights_backward(const at::Tensor& grad, const at::Tensor& weight, at::IntArrayRef layers,
-                                        int64_t /*seed*/, double density, c10::string_view pattern, int64_t nm_n,
-                                        int64_t nm_m, c10::string_view mode) {
+                                        int64_t /*seed*/, const c10::Scalar& density, c10::string_view pattern,
+                                        int64_t nm_n, int64_t nm_m, c10::string_view mode) {
   TORCH_CHECK(grad.device() == weight.device(), "grad and weight must be on the same device; got grad.device=",
               grad.device(), " and weight.device=", weight.device());
   TORCH_CHECK(at::isFloatingType(grad.scalar_type()), "grad must have a floating-point dtype; got grad.dtype=",
@@ -108,7 +115,7 @@ void check_tied_masked_weights_backward(const at::Tensor& grad, const at::Tensor
   const auto expected = stacked_shape(static_cast<int64_t>(layers.size()), weight.sym_sizes());
   TORCH_CHECK(grad.sym_sizes() == c10::SymIntArrayRef(expected), "grad must have shape [len(layers), *weight.shape] = ",
               c10::SymIntArrayRef(expected), "; got grad.shape=", grad.sym_sizes());
-  check_mask_plan(weight, layers, density, pattern, nm_n, nm_m, mode);
+  check_mask_plan(weight, layers, density_number(density), pattern, nm_n, nm_m, mode);
 }
 
 at::Tensor empty_tied_masked_weights(const at::Tensor& weight, c10::SymInt num_layers,
@@ -150,12 +157,13 @@ at::Tensor tied_masked_weights_backward_op(const TiedMaskKernels& kernels, const
 }
 
 TORCH_LIBRARY_FRAGMENT(wtext, m) {
-  m.def("mask(Tensor like, int seed, int layer, float density, str pattern, int nm_n, int nm_m) -> Tensor");
+  // density is a Scalar, not a float, so that a bool can be told apart and refused (density_number).
+  m.def("mask(Tensor like, int seed, int layer, Scalar density, str pattern, int nm_n, int nm_m) -> Tensor");
   m.def(
-      "tied_masked_weights(Tensor weight, int[] layers, int seed, float density, str pattern, int nm_n, int nm_m, "
+      "tied_masked_weights(Tensor weight, int[] layers, int seed, Scalar density, str pattern, int nm_n, int nm_m, "
       "str mode, ScalarType? dtype=None) -> Tensor");
   m.def(
-      "tied_masked_weights_backward(Tensor grad, Tensor weight, int[] layers, int seed, float density, str pattern, "
+      "tied_masked_weights_backward(Tensor grad, Tensor weight, int[] layers, int seed, Scalar density, str pattern, "
       "int nm_n, int nm_m, str mode) -> Tensor");
 }
 

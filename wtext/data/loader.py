@@ -38,7 +38,8 @@ class DeviceLoader:
     """
 
     def __init__(self, split: Split, batch_size: int, mean, std, *, train: bool, seed: int = 0, augment: bool = True,
-                 pad: int = 4, crop: bool = True, flip: bool = True, channels_last: bool = False, rank: int = 0, interleave: int = 1):
+                 pad: int = 4, crop: bool = True, flip: bool = True, channels_last: bool = False, rank: int = 0,
+                 interleave: int = 1):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got batch_size={batch_size}")
         if interleave < 1 or batch_size % interleave:
