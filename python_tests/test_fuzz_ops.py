@@ -484,6 +484,24 @@ def raw_op_cases() -> list[Case]:
                               "multi"),
                           r"density must be a real number in \(0, 1\], not a bool"))
 
+    x, w, g = t(5, 8), t(6, 8), t(5, 6)
+    x4, w4, g4 = t(2, 4, 7, 7), t(6, 4, 3, 3), t(2, 6, 7, 7)
+    scores, thresholds = Tensor(lambda: fixed_scores(3, 6, 8)), t(3, dtype=torch.int64)
+    backward_ops = {
+        "masked_linear_backward": lambda mask, device: torch.ops.wtext.masked_linear_backward(
+            g().to(device), x().to(device), w().to(device), None, *LINEAR_TAIL[:-1], mask),
+        "masked_conv2d_backward": lambda mask, device: torch.ops.wtext.masked_conv2d_backward(
+            g4().to(device), x4().to(device), w4().to(device), None, *CONV_TAIL[:-1], mask),
+        "learned_masked_weights_backward": lambda mask, device: torch.ops.wtext.learned_masked_weights_backward(
+            t(3, 6, 8)().to(device), w().to(device), scores().to(device), thresholds().to(device), mask),
+    }
+    for name, call in backward_ops.items():
+        for mask in ([True, True, False], [True], []):
+            for device in ("cpu", "meta"):
+                cases.append(Case(f"raw {name} output_mask={mask} [{device}]", "error",
+                                  lambda call=call, mask=mask, device=device: call(mask, device),
+                                  rf"{name}: output_mask must hold 2 bools.*got {len(mask)}"))
+
     def integer_density():  # an int is a real number: 1 keeps every element, as the front end's mask(density=1)
         return torch.ops.wtext.mask(torch.empty(6, 8), 3, 0, 1, "bernoulli", 2, 4), torch.ones(6, 8)
     cases.append(Case("raw mask density=1", "valid", integer_density))

@@ -92,22 +92,22 @@ double density_number(const c10::Scalar& density) {
   return density.toDouble();
 }
 
-void check_mask(const at::Tensor& like, int64_t /*seed*/, int64_t layer, const c10::Scalar& density,
-                c10::string_view pattern, int64_t nm_n, int64_t nm_m) {
-  check_mask_plan(like, layer, density_number(density), pattern, nm_n, nm_m, "multi");
+void check_mask(const at::Tensor& like, int64_t /*seed*/, int64_t layer, double density, c10::string_view pattern,
+                int64_t nm_n, int64_t nm_m) {
+  check_mask_plan(like, layer, density, pattern, nm_n, nm_m, "multi");
 }
 
-void check_tied_masked_weights(const at::Tensor& weight, at::IntArrayRef layers, int64_t /*seed*/,
-                               const c10::Scalar& density, c10::string_view pattern, int64_t nm_n, int64_t nm_m,
-                               c10::string_view mode, std::optional<at::ScalarType> dtype) {
-  check_mask_plan(weight, layers, density_number(density), pattern, nm_n, nm_m, mode);
+void check_tied_masked_weights(const at::Tensor& weight, at::IntArrayRef layers, int64_t /*seed*/, double density,
+                               c10::string_view pattern, int64_t nm_n, int64_t nm_m, c10::string_view mode,
+                               std::optional<at::ScalarType> dtype) {
+  check_mask_plan(weight, layers, density, pattern, nm_n, nm_m, mode);
   TORCH_CHECK(!dtype.has_value() || at::isFloatingType(*dtype), "dtype must be a floating-point dtype; got dtype=",
               *dtype);
 }
 
 void check_tied_masked_weights_backward(const at::Tensor& grad, const at::Tensor& weight, at::IntArrayRef layers,
-                                        int64_t /*seed*/, const c10::Scalar& density, c10::string_view pattern,
-                                        int64_t nm_n, int64_t nm_m, c10::string_view mode) {
+                                        int64_t /*seed*/, double density, c10::string_view pattern, int64_t nm_n,
+                                        int64_t nm_m, c10::string_view mode) {
   TORCH_CHECK(grad.device() == weight.device(), "grad and weight must be on the same device; got grad.device=",
               grad.device(), " and weight.device=", weight.device());
   TORCH_CHECK(at::isFloatingType(grad.scalar_type()), "grad must have a floating-point dtype; got grad.dtype=",
@@ -115,7 +115,7 @@ void check_tied_masked_weights_backward(const at::Tensor& grad, const at::Tensor
   const auto expected = stacked_shape(static_cast<int64_t>(layers.size()), weight.sym_sizes());
   TORCH_CHECK(grad.sym_sizes() == c10::SymIntArrayRef(expected), "grad must have shape [len(layers), *weight.shape] = ",
               c10::SymIntArrayRef(expected), "; got grad.shape=", grad.sym_sizes());
-  check_mask_plan(weight, layers, density_number(density), pattern, nm_n, nm_m, mode);
+  check_mask_plan(weight, layers, density, pattern, nm_n, nm_m, mode);
 }
 
 at::Tensor empty_tied_masked_weights(const at::Tensor& weight, c10::SymInt num_layers,

@@ -43,20 +43,21 @@ at::Tensor sum_masked_gradients(const TiedMaskKernels& kernels, const TiedMaskPl
                                 const at::Tensor& weight, bool channels_last);
 
 // A density given as a Scalar (these ops' schemas take one) as a double. A bool or complex number is refused: a
-// schema's `float` would turn True into 1.0, a valid density, where the Python front end refuses bools.
+// schema's `float` would turn True into 1.0, a valid density, where the Python front end refuses bools. (The check
+// functions below take a double, as pybind11 cannot pass a Scalar: the fake kernels refuse bools themselves.)
 double density_number(const c10::Scalar& density);
 
 // The argument checks of the mask ops, each taking its op's arguments; errors name the argument and the bad value.
 // They read shapes, dtypes and devices, never data (sizes as SymInts), so the fake kernels (wtext/ops/fake.py) call
 // them too.
-void check_mask(const at::Tensor& like, int64_t seed, int64_t layer, const c10::Scalar& density,
-                c10::string_view pattern, int64_t nm_n, int64_t nm_m);
-void check_tied_masked_weights(const at::Tensor& weight, at::IntArrayRef layers, int64_t seed,
-                               const c10::Scalar& density, c10::string_view pattern, int64_t nm_n, int64_t nm_m, c10::string_view mode,
+void check_mask(const at::Tensor& like, int64_t seed, int64_t layer, double density, c10::string_view pattern,
+                int64_t nm_n, int64_t nm_m);
+void check_tied_masked_weights(const at::Tensor& weight, at::IntArrayRef layers, int64_t seed, double density,
+                               c10::string_view pattern, int64_t nm_n, int64_t nm_m, c10::string_view mode,
                                std::optional<at::ScalarType> dtype);
 void check_tied_masked_weights_backward(const at::Tensor& grad, const at::Tensor& weight, at::IntArrayRef layers,
-                                        int64_t seed, const c10::Scalar& density, c10::string_view pattern,
-                                        int64_t nm_n, int64_t nm_m, c10::string_view mode);
+                                        int64_t seed, double density, c10::string_view pattern, int64_t nm_n,
+                                        int64_t nm_m, c10::string_view mode);
 
 // tied_masked_weights' output, uninitialized: [num_layers, *weight.shape] in `dtype` (weight's by default) on weight's
 // device. The views take the weight's layout: a channels_last weight (a model moved to channels_last) gets

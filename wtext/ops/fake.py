@@ -18,22 +18,30 @@ def _like_x(x, shape) -> torch.Tensor:
     return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_C.layer_memory_format(x))
 
 
+def _density_number(density):
+    """The mask ops' Scalar density, refused as their C++ kernels refuse it (density_number): the C++ checks called
+    next take a float, which would read a bool as 0.0 or 1.0."""
+    if isinstance(density, bool):
+        raise RuntimeError(f"density must be a real number in (0, 1], not a bool; got density={density}")
+    return density
+
+
 @torch.library.register_fake("wtext::mask")
-def _mask_fake(like, *args):
-    _C.check_mask(like, *args)
+def _mask_fake(like, seed, layer, density, *args):
+    _C.check_mask(like, seed, layer, _density_number(density), *args)
     return torch.empty(like.shape, dtype=like.dtype, device=like.device)
 
 
 # dtype is named: the dispatcher leaves out an argument given its default value.
 @torch.library.register_fake("wtext::tied_masked_weights")
 def _tied_masked_weights_fake(weight, layers, seed, density, pattern, nm_n, nm_m, mode, dtype=None):
-    _C.check_tied_masked_weights(weight, layers, seed, density, pattern, nm_n, nm_m, mode, dtype)
+    _C.check_tied_masked_weights(weight, layers, seed, _density_number(density), pattern, nm_n, nm_m, mode, dtype)
     return _C.empty_tied_masked_weights(weight, len(layers), dtype)
 
 
 @torch.library.register_fake("wtext::tied_masked_weights_backward")
-def _tied_masked_weights_backward_fake(grad, weight, *args):
-    _C.check_tied_masked_weights_backward(grad, weight, *args)
+def _tied_masked_weights_backward_fake(grad, weight, layers, seed, density, *args):
+    _C.check_tied_masked_weights_backward(grad, weight, layers, seed, _density_number(density), *args)
     return weight.new_empty(weight.shape)
 
 
