@@ -1,6 +1,6 @@
 """Files wtext writes and reads: written atomically (temporary file in the same folder, fsync, then rename), read
-with `torch.load(weights_only=True)` so a crafted file cannot run code. Checkpoints and LoRA adapter files use
-both; each caller words its own errors."""
+with `torch.load(weights_only=True)` so a crafted file cannot run code, and their tensors checked for NaN and
+infinities. Checkpoints and LoRA adapter files use all three; each caller words its own errors."""
 
 import os
 import pickle
@@ -61,3 +61,20 @@ def load_plain(path: str | Path, device: torch.device | str = "cpu"):
         raise UnreadableFile(" ".join(detail.split("Check the documentation")[0].split())[:200]) from None
     except Exception as error:  # torch raises several types for a file that is no torch.save output
         raise UnreadableFile(str(error)[:200]) from None
+
+
+def non_finite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point tensors of `tensors` that hold a NaN or an infinity, in their order (one host
+    read for all of them). wtext writes only finite weights, so a file with others was altered or damaged: loaded,
+    it would evaluate to a NaN loss or train into a run that stops at once, blaming its learning rate."""
+    floating = [(name, tensor) for name, tensor in tensors.items() if tensor.is_floating_point() or tensor.is_complex()]
+    if not floating:
+        return []
+    finite = torch.stack([tensor.isfinite().all() for _, tensor in floating]).tolist()  # one device (map_location)
+    return [name for (name, _), ok in zip(floating, finite) if not ok]
+
+
+def listing(names: list[str], shown: int = 3) -> str:
+    """'a, b, c and 4 more': the first names of a list, for a one-line error."""
+    rest = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {rest} more" if rest > 0 else "")

@@ -15,6 +15,18 @@ from .seeds import mask_seeds
 KINDS = ("linear", "conv2d", "tied")
 
 
+def check_rank(rank: int, out_features: int, in_shape: tuple[int, ...], name: str) -> None:
+    """A rank an adapter of the weight [out, *in_shape] of module `name` can use: at most min(out, in·kh·kw). Each
+    copy's product (B ⊙ M_B,k)(A ⊙ M_A,k) has rank <= min(r, out, in·kh·kw), so a larger r adds parameters (A and B
+    grow with r; r = 10^9 would ask the allocator for terabytes) but no rank, to any copy or to their sum."""
+    reduction = int(torch.Size(in_shape).numel())
+    bound = min(out_features, reduction)
+    if rank > bound:
+        raise ValueError(f"LoRA rank {rank} is more than module {name!r} can use: its weight is {out_features} x "
+                         f"{reduction} ([out, in*kh*kw]), so the rank must be <= min(out, in*kh*kw) = {bound} "
+                         f"(a higher rank adds parameters, not rank); lower r or narrow the targets")
+
+
 class LoRAAdapter(nn.Module):
     """The factors of one adapted weight W [out, *in_shape] (in_shape: (in,) or (in, kh, kw)), attached to the
     adapted module as its child `lora` (a TiedMaskedWeight's also in its weight-update slot); its state_dict entries
@@ -31,6 +43,7 @@ class LoRAAdapter(nn.Module):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}; got kind={kind!r}")
+        check_rank(config.rank, out_features, tuple(in_shape), name)
         self.kind, self.name, self.config = kind, name, config
         self.out_features, self.in_shape = out_features, tuple(in_shape)
         self.A = nn.Parameter(torch.empty(config.rank, *in_shape, dtype=dtype, device=device))

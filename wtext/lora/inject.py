@@ -12,7 +12,7 @@ from fnmatch import fnmatchcase
 import torch
 from torch import nn
 
-from .adapter import LoRAAdapter
+from .adapter import LoRAAdapter, check_rank
 from .config import LoRAConfig
 from .kinds import ATTRIBUTE, SUPPORTED, adapter_of, attach, kind_of, weight_shape
 
@@ -48,8 +48,8 @@ def _names(model: nn.Module, pick=lambda module: True) -> str:
 def plan(model: nn.Module, config: LoRAConfig) -> tuple[list[Target], list[tuple[str, nn.Module]]]:
     """The targets and the train modules (name, module) that inject(model, config) would use, every check made
     and nothing changed: errors for targets or train_modules patterns that match nothing, a target of a type LoRA
-    cannot adapt, an N:M pattern that does not fit a factor, a module both adapted and trained, a model that
-    already has adapters."""
+    cannot adapt, a rank above a target's min(out, in*kh*kw), an N:M pattern that does not fit a factor, a module
+    both adapted and trained, a model that already has adapters."""
     if not isinstance(config, LoRAConfig):
         raise TypeError(f"config must be a LoRAConfig; got {type(config).__name__}")
     if adapters(model):
@@ -65,6 +65,7 @@ def plan(model: nn.Module, config: LoRAConfig) -> tuple[list[Target], list[tuple
     for name, module in matched:
         kind = kind_of(module, name)
         out, in_shape = weight_shape(module)
+        check_rank(config.rank, out, in_shape, name)
         _check_nm(config, name, out, in_shape)
         targets.append(Target(name, module, kind, out, in_shape))
     train = [(name, module) for name, module in named if _matches(name, config.train_modules)]

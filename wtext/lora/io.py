@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from wtext.safe_files import RefusedFile, UnreadableFile, load_plain, write_atomic
+from wtext.safe_files import RefusedFile, UnreadableFile, listing, load_plain, non_finite_tensors, write_atomic
 
 from .config import LoRAConfig
 from .inject import Target, adapter_state_dict, inject, is_merged, lora_config, plan
@@ -30,7 +30,8 @@ def save_adapter(model: nn.Module, path: str | Path) -> None:
 
 def read_adapter(path: str | Path) -> tuple[LoRAConfig, dict[str, torch.Tensor]]:
     """(config, tensors) of an adapter file, tensors on the CPU. FileNotFoundError for a missing file; ValueError
-    naming the file for anything that is not a readable adapter file of this format."""
+    naming the file for anything that is not a readable adapter file of this format, and for tensors holding NaN or
+    infinite values (naming them)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"adapter file not found: {path}")
@@ -54,6 +55,11 @@ def read_adapter(path: str | Path) -> tuple[LoRAConfig, dict[str, torch.Tensor]]
         config = LoRAConfig.from_dict(payload.get("config"))
     except (TypeError, ValueError) as error:
         raise ValueError(f"{path}: damaged adapter file: bad config: {error}") from None
+    bad = non_finite_tensors(tensors)
+    if bad:  # loaded, they would make every output of the model NaN
+        raise ValueError(f"{path}: its adapter tensors are not finite: NaN or infinite values in {listing(bad)} "
+                         f"({len(bad)} of {len(tensors)} tensors); save_adapter writes what training made, so this "
+                         f"file was altered or damaged, or saved from a run that diverged")
     return config, tensors
 
 

@@ -9,15 +9,15 @@ import sys
 
 from wtext.data import DatasetError
 
-from .cli import resolve_config
+from .cli import resolve_command_line
 from .loop import Interrupted, run
 from .run_state import NonFiniteLoss
 
 
 def main(argv=None) -> int:
-    config = resolve_config(argv)
+    config, given = resolve_command_line(argv)
     try:
-        run(config)
+        run(config, given)
     except (KeyboardInterrupt, Interrupted):
         return 130
     except NonFiniteLoss as error:

@@ -89,6 +89,13 @@ def read_config_file(path: str | Path) -> dict:
 
 def resolve_config(argv=None) -> TrainConfig:
     """Defaults, then the config file, then the command line."""
+    return resolve_command_line(argv)[0]
+
+
+def resolve_command_line(argv=None) -> tuple[TrainConfig, frozenset[str]]:
+    """The config (as resolve_config) and the names of the options the config file or the command line set,
+    whatever their values: an option given at its default value is still the user's (--eval-only refuses it when
+    the checkpoint was trained otherwise). The parser's defaults are SUPPRESS, so `args` holds only those given."""
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     config_file = args.pop("config", None)
@@ -98,6 +105,6 @@ def resolve_config(argv=None) -> TrainConfig:
         parser.error(str(error))
     values.update(args)
     try:
-        return TrainConfig(**values)
+        return TrainConfig(**values), frozenset(values)
     except (TypeError, ValueError, OverflowError) as error:
         parser.error(str(error))

@@ -199,10 +199,12 @@ def close(bar) -> None:
         bar.close()
 
 
-def run(config) -> dict:
-    """Trains the run `config` describes (or, with eval_only, evaluates its checkpoint) and returns its summary."""
+def run(config, given=None) -> dict:
+    """Trains the run `config` describes (or, with eval_only, evaluates its checkpoint) and returns its summary.
+    given: the names of the options the user set, when known (the command line: cli.resolve_command_line);
+    evaluation refuses a given model option that differs from the checkpoint's, even at its default value."""
     if config.eval_only:
-        return evaluate_checkpoint(config)
+        return evaluate_checkpoint(config, given)
     trainer = Trainer(config)
     try:
         trainer.start()

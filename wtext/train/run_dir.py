@@ -4,6 +4,7 @@ imposes."""
 
 import dataclasses
 import json
+from collections.abc import Collection
 from pathlib import Path
 
 from wtext.safe_files import write_text_atomic
@@ -65,21 +66,31 @@ def evaluated_checkpoint_path(config: TrainConfig) -> Path:
     return Path(config.checkpoint) if config.checkpoint else Path(config.run_dir) / "checkpoint.pt"
 
 
-def settings_for_evaluation(config: TrainConfig, trained: dict, path: Path) -> TrainConfig:
+def settings_for_evaluation(config: TrainConfig, trained: dict, path: Path,
+                            given: Collection[str] | None = None) -> TrainConfig:
     """`config` with the model and mask settings the checkpoint was trained with (Role.MODEL): a differently masked
-    network would report another network's accuracy. An option the user set to something else is an error; one
-    left at its default takes the trained value. The data (Role.DATA) is the checkpoint's unless another is asked
-    for (evaluating on other data is legitimate)."""
+    network would report another network's accuracy. An option the user gave with another value is an error; one
+    not given takes the trained value. The data (Role.DATA) is the checkpoint's unless another is asked for
+    (evaluating on other data is legitimate).
+
+    given: the names of the options the user set (on the command line or in a config file). An option given is the
+    user's even at its default value: `--model resnet-tiny` must not evaluate a ViT checkpoint. None (a TrainConfig
+    built in Python, which cannot tell): the options that differ from their defaults."""
     config_type = type(config)
     defaults = config_type()
-    updates = {name: trained[name] for name in options_with(Role.DATA, config_type) if name in trained
-               and getattr(config, name) == getattr(defaults, name) != trained[name]}
+    if given is None:
+        given = {f.name for f in dataclasses.fields(config) if getattr(config, f.name) != getattr(defaults, f.name)}
+    updates = {name: trained[name] for name in options_with(Role.DATA, config_type)
+               if name in trained and name not in given}
     for name in options_with(Role.MODEL, config_type):
-        given = getattr(config, name)
-        if name not in trained or trained[name] == given:
+        value = getattr(config, name)
+        if name not in trained or trained[name] == value:
             continue
-        if given != getattr(defaults, name):
+        if name in given:
             raise ValueError(f"{path} was trained with {name}={trained[name]!r}; --eval-only evaluates the model as "
-                             f"it was trained, so {name}={given!r} cannot apply (drop the option)")
+                             f"it was trained, so {name}={value!r} cannot apply (drop the option)")
         updates[name] = trained[name]
-    return dataclasses.replace(config, **updates) if updates else config
+    try:
+        return dataclasses.replace(config, **updates) if updates else config
+    except (TypeError, ValueError, OverflowError) as error:  # a hand-edited config: TrainConfig names the option
+        raise ValueError(f"{path}: its config is not a valid run's: {error}") from None

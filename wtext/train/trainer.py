@@ -19,7 +19,7 @@ from wtext.nn import match_frozen_masks, set_mask_progress
 from wtext.nn.learned_model import score_names
 from wtext.safe_files import write_text_atomic
 
-from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_atomic
+from .checkpoint import entry_errors, load_checkpoint, restore_rng_state, rng_state, save_atomic
 from .config import TrainConfig
 from .distributed import Cluster, all_reduce_sum, init_cluster
 from .faults import crash_point
@@ -74,6 +74,9 @@ class Trainer:
             summary_writer_class()  # a missing package is named before any data is loaded
         self.tensorboard: TensorBoardLog | None = None  # opened by start()
         seed_everything(config.seed)
+        # A resumed run reads its checkpoint before the data: a missing, damaged or mismatched one is an error at
+        # once, not after minutes of loading a data set. start() loads it into the run.
+        self.resumed = self.read_resumed_checkpoint() if config.resume else None
         self.build_data(load_data)
         self.build_model()
         self.build_optimizer()
@@ -249,8 +252,15 @@ class Trainer:
                              f"{detail[:300]}") from None
         return refrozen
 
-    def restore(self, path: Path) -> None:
-        saved = load_checkpoint(path, self.device)
+    def read_resumed_checkpoint(self) -> dict:
+        """run_dir/checkpoint.pt, the checkpoint --resume continues: read on the CPU (its RNG states must stay
+        there; restore moves the rest to the run's device), every entry there, of its type and finite
+        (load_checkpoint), and written with this run's options, up to those a resumption may change."""
+        path = self.run_dir / CHECKPOINT
+        if not path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir} (the run did not start "
+                                    f"training there); run without --resume to start it")
+        saved = load_checkpoint(path, "cpu", resuming=True)
         changed = changed_options(saved["config"], self.config)
         if changed:
             name = changed[0]
@@ -258,13 +268,28 @@ class Trainer:
             raise ValueError(f"{path} was written with {name}={written!r}, this run has "
                              f"{name}={getattr(self.config, name)!r}; resume with the same options (or another "
                              f"--run-dir)")
+        return saved
+
+    def restore(self, saved: dict, path: Path) -> None:
+        """Continues from `saved` (read_resumed_checkpoint's, from `path`): model, optimizer, scheduler, where the
+        run stands, RNG states. Errors name the file and the entry that does not fit."""
+        steps_per_epoch = len(self.train_loader)
+        if saved["step_in_epoch"] > steps_per_epoch:
+            raise ValueError(f"{path}: damaged checkpoint: its 'step_in_epoch' entry is {saved['step_in_epoch']}, "
+                             f"past the {steps_per_epoch} steps of an epoch of this run")
         if self.load_model_state(saved, path):
             self.build_optimizer()  # a frozen checkpoint: the optimizer no longer has the scores' group
-        self.optimizer.load_state_dict(saved["optimizer"])
-        fit_loaded_optimizer(self.optimizer, capturable=self.config.cuda_graph)
-        self.scheduler.load_state_dict(saved["scheduler"])
-        self.state = RunState.from_checkpoint(saved, self.device, keep_sums=self.cluster.rank == 0)
-        restore_rng_state(saved["rng"])
+        # The contents of these entries are checked by what reads them: torch's load_state_dict, numpy and random
+        # raise their own (unnamed) errors, which only the entry's name makes a message.
+        with entry_errors(path, "optimizer"):
+            self.optimizer.load_state_dict(saved["optimizer"])
+            fit_loaded_optimizer(self.optimizer, capturable=self.config.cuda_graph)
+        with entry_errors(path, "scheduler"):
+            self.scheduler.load_state_dict(saved["scheduler"])
+        with entry_errors(path, "running"):
+            self.state = RunState.from_checkpoint(saved, self.device, keep_sums=self.cluster.rank == 0)
+        with entry_errors(path, "rng"):
+            restore_rng_state(saved["rng"])
 
     # -- the start and the end of a run -------------------------------------------------------------------------
     def start(self) -> None:
@@ -272,11 +297,8 @@ class Trainer:
         (a new run) the starting state saved, so a run killed before its first periodic checkpoint can resume."""
         config = self.config
         if config.resume:
-            checkpoint = self.run_dir / CHECKPOINT
-            if not checkpoint.exists():
-                raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir} (the run did not start "
-                                        f"training there); run without --resume to start it")
-            self.restore(checkpoint)
+            self.restore(self.resumed, self.run_dir / CHECKPOINT)
+            self.resumed = None  # its tensors live in the model and the optimizer now
             self.log(f"resuming {self.run_dir} at epoch {self.state.epoch + 1}, step {self.state.step_in_epoch}")
         if self.cluster.main:
             prepare_run_dir(self.run_dir, config, self.state.history)
