@@ -348,7 +348,7 @@ def test_plan_names_a_bad_pilot(tmp_path, capsys):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "results.json").write_text("{not json")
     assert main(["plan", "cka", "--pilot", str(tmp_path / "bad"), "--device", "cpu"]) == 2
-    assert "not the results.json of a wtext experiment" in capsys.readouterr().err
+    assert "bad/results.json: is not valid JSON" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["plan", "cka", "--power", "1.5"])
     assert "expected a number in (0, 1)" in capsys.readouterr().err

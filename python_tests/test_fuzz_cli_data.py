@@ -193,18 +193,30 @@ def data_file_cases(tmp):
         ("labels 2-d", batch(labels=np.zeros((6, 1), dtype=np.int64)), ["one label per image"]),
         ("labels object array", batch(labels=np.array([1, "a"] * 3, dtype=object)), ["refused the dtype"]),
         ("non-text key", _pickled({b"\xff": 1, "data": good, "labels": [0] * 6}), ["not text"]),
+        ("a None label", batch(labels=[0, 1, None, 3, 4, 5]), ["'labels' must be integers, found None"]),
+        ("a label of 2**70", batch(labels=[0, 1, 2**70, 3, 4, 5]), ["labels out of range", str(2**70)]),
+        ("labels a 0-d array", batch(labels=np.array(3)), ["'labels' must be a 1-d array", "shape ()"]),
+        ("labels uint64 above 2**63", batch(labels=np.array([2**64 - 1] * 6, dtype=np.uint64)),
+         ["labels out of range", str(2**64 - 1)]),
         ("a directory", "dir", ["is a directory"]),
+        ("a symlink to /dev/zero", "/dev/zero", ["is not a regular file (a character device", "/dev/zero"]),
+        ("a named pipe", "fifo", ["is not a regular file (a named pipe)"]),
     ]
     return cases
 
 
 def write_case(path, content):
-    if path.is_dir():
+    """Puts `content` at `path`: bytes, None (nothing), "dir", "fifo", or "/dev/..." (a symlink to that device)."""
+    if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
-    elif path.exists():
+    elif path.exists() or path.is_symlink():
         path.unlink()
     if content == "dir":
         path.mkdir()
+    elif content == "fifo":
+        os.mkfifo(path)  # opening it would block forever: the reader must refuse it unopened
+    elif isinstance(content, str) and content.startswith("/dev/"):
+        path.symlink_to(content)
     elif content is not None:
         path.write_bytes(content)
 
@@ -242,9 +254,11 @@ def test_every_damaged_data_file_is_a_clear_error_naming_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("case, words", [
-    ("truncated", ["not a readable npz"]), ("no labels", ["missing key 'labels'"]),
-    ("pickled objects", ["val_data.npz"]), ("labels out of range", ["labels out of range"]),
-    ("empty", ["hold no images"]),
+    ("truncated", ["not a readable npz"]), ("no labels", ["missing key 'labels' (found ['data'])"]),
+    ("pickled objects", ["not a readable npz"]), ("labels out of range", ["labels out of range"]),
+    ("empty", ["hold no images"]), ("labels a 0-d array", ["'labels' must be a 1-d array", "shape ()"]),
+    ("an .npy file", ["is a single .npy array", "not an npz archive"]),
+    ("a symlink to /dev/zero", ["is not a regular file (a character device", "/dev/zero"]),
 ])
 def test_damaged_npz_batches(tmp_path, case, words):
     folder = write_imagenet32(tmp_path / "in32")
@@ -258,10 +272,38 @@ def test_damaged_npz_batches(tmp_path, case, words):
         np.savez(path, data=data, labels=np.array([1, None, 2, 3], dtype=object))
     elif case == "labels out of range":
         np.savez(path, data=data, labels=np.array([0, 1, 2, 3]))
+    elif case == "labels a 0-d array":
+        np.savez(path, data=data[:1], labels=np.array(3))
+    elif case == "an .npy file":  # np.save writes .npy whatever the name; np.load then gives an array, no archive
+        with path.open("wb") as handle:
+            np.save(handle, data)
+    elif case == "a symlink to /dev/zero":
+        write_case(path, "/dev/zero")
     else:
         np.savez(path, data=data[:0], labels=np.zeros(0, dtype=np.int64))
-    verdict, message = classify_load("imagenet32", folder, words)
+    verdict, message = classify_load("imagenet32", folder, ["val_data.npz", *words])
     assert verdict == "clear", message
+
+
+@pytest.mark.parametrize("case, content, words", [
+    ("a None label", {"labels": [0, 1, None, 3, 4, 5]}, "'labels' must be integers, found None (NoneType)"),
+    ("a label of 2**70", {"labels": [0, 1, 2**70, 3, 4, 5]},
+     f"labels out of range: found 0..{2**70}, expected 0..9"),
+    ("labels a 0-d array", {"labels": np.array(3)}, "'labels' must be a 1-d array, one label per image, "
+                                                    "found shape ()"),
+    ("a symlink to /dev/zero", "/dev/zero", "is not a regular file (a character device, via a symlink to "
+                                            "/dev/zero); a batch file must be one"),
+])
+def test_damaged_cifar_batches_through_the_command_line(tmp_path, capsys, case, content, words):
+    """The same damage seen by `python -m wtext.train`: exit 2 and one line naming the file, no traceback."""
+    folder = write_cifar(tmp_path / "cifar")
+    if isinstance(content, dict):
+        content = _pickled({"data": np.zeros((6, 3072), dtype=np.uint8), **content})
+    write_case(folder / "data_batch_2", content)
+    code = main(["--dataset", "cifar10", "--data-dir", str(folder), *FAST])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines() == [f"wtext.train: error: {folder / 'data_batch_2'}: {words}"]
 
 
 def test_the_restricted_unpickler_reads_every_protocol_and_numpy_naming(tmp_path):

@@ -14,6 +14,7 @@ import torch
 from . import synthetic
 from .digits import load_digits_splits
 from .errors import DatasetError
+from .file_kind import require_regular_file
 from .formats import count_batch_images, read_cifar10_batch, read_imagenet32_batch
 
 DATASETS = ("synthetic", "digits", "cifar10", "imagenet32")
@@ -76,17 +77,17 @@ def _assemble(paths: list[Path], reader, device, shard: tuple[int, int]) -> Spli
 def _batch_files(data_dir: Path, names: list[str], what: str) -> list[Path]:
     paths = [data_dir / name for name in names]
     for path in paths:
-        if path.exists() and not path.is_file():
-            raise DatasetError(path, f"is a directory, not a {what} batch file")
-    missing = [p for p in paths if not p.is_file()]
+        if path.exists():
+            require_regular_file(path)
+    missing = [p for p in paths if not p.exists()]
     if missing:
         raise DatasetError(missing[0], f"file not found ({what} expects {', '.join(names)} in {data_dir})")
     return paths
 
 
 def _imagenet32_files(data_dir: Path) -> tuple[list[Path], list[Path]]:
-    def pick(stem: str) -> str:
-        return f"{stem}.npz" if (data_dir / f"{stem}.npz").is_file() else stem
+    def pick(stem: str) -> str:  # whatever is named .npz is meant as the batch, and checked as one
+        return f"{stem}.npz" if (data_dir / f"{stem}.npz").exists() else stem
 
     train = [pick(f"train_data_batch_{i}") for i in range(1, 11)]
     return (_batch_files(data_dir, train, "ImageNet32"), _batch_files(data_dir, [pick("val_data")], "ImageNet32"))

@@ -1,7 +1,8 @@
 """Readers of the on-disk formats: CIFAR-10 (python pickle batches) and ImageNet32 (npz or pickle batches).
 
-Every reader checks what it reads and raises DatasetError naming the file and the problem: a missing file, a
-truncated or unreadable one, a wrong array size, labels out of range.
+Every reader checks what it reads and raises DatasetError naming the file and the problem: a missing file, one that
+is not a regular file (a directory, a device), a truncated or unreadable one, a wrong array size, labels that are
+not integers or out of range.
 """
 
 import zipfile
@@ -10,14 +11,17 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DatasetError
+from .file_kind import require_regular_file
 from .safe_pickle import RefusedPickle, load_batch_pickle
 
 IMAGE_BYTES = 3 * 32 * 32
 
+# What np.load raises for a file that is not a readable npz archive (a damaged zip, a pickle it may not load).
+_NPZ_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError)
+
 
 def _unpickle(path: Path) -> dict:
-    if not path.is_file():
-        raise DatasetError(path, "file not found")
+    require_regular_file(path)
     try:
         with path.open("rb") as handle:
             batch = load_batch_pickle(handle)
@@ -36,14 +40,54 @@ def _unpickle(path: Path) -> dict:
         raise DatasetError(path, "a key of the pickled dict is not text") from None
 
 
-def _load_npz(path: Path) -> dict:
-    if not path.is_file():
-        raise DatasetError(path, "file not found")
+def _load_npz(path: Path, keys: tuple[str, ...] | None = None) -> dict:
+    """The arrays of an npz archive; only `keys` where given (counting images reads the labels alone)."""
+    require_regular_file(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
+        archive = np.load(path, allow_pickle=False)
+    except _NPZ_ERRORS as error:
         raise DatasetError(path, f"not a readable npz archive (truncated or corrupt?): {error}") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):  # np.load reads a lone .npy array whatever the file's name
+        raise DatasetError(path, f"is a single .npy array (shape {archive.shape}), not an npz archive holding "
+                                 f"'data' and 'labels'")
+    with archive:
+        wanted = archive.files if keys is None else keys
+        missing = [key for key in wanted if key not in archive.files]
+        if missing:
+            raise DatasetError(path, f"missing key {missing[0]!r} (found {sorted(archive.files)})")
+        try:
+            return {key: archive[key] for key in wanted}
+        except _NPZ_ERRORS as error:
+            raise DatasetError(path, f"not a readable npz archive (truncated or corrupt?): {error}") from None
+
+
+def _labels_array(path: Path, labels, num_classes: int, label_offset: int) -> np.ndarray:
+    """A batch's labels as int64 in [0, num_classes) after subtracting label_offset; a list's elements must be
+    integers, an array's dtype an integer one, both within [label_offset, label_offset + num_classes)."""
+    if isinstance(labels, (list, tuple)):
+        odd = next((i for i, label in enumerate(labels)
+                    if isinstance(label, bool) or not isinstance(label, (int, np.integer))), None)
+        if odd is not None:
+            raise DatasetError(path, f"'labels' must be integers, found {labels[odd]!r} "
+                                     f"({type(labels[odd]).__name__})")
+    elif isinstance(labels, np.ndarray):
+        if not np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_:
+            raise DatasetError(path, f"'labels' must be integers, found {labels.dtype}")
+        if labels.ndim != 1:
+            raise DatasetError(path, f"'labels' must be a 1-d array, one label per image, found shape "
+                                     f"{labels.shape}")
+    else:
+        raise DatasetError(path, f"'labels' must be a list or numpy array of integers, found "
+                                 f"{type(labels).__name__}")
+    # The range is checked on the values as read, before int64 conversion: a Python int such as 2**70, or a uint64
+    # above 2**63, would overflow or wrap around in the conversion.
+    if len(labels):
+        bounds = (labels.min(), labels.max()) if isinstance(labels, np.ndarray) else (min(labels), max(labels))
+        low, high = map(int, bounds)
+        if low < label_offset or high >= label_offset + num_classes:
+            raise DatasetError(path, f"labels out of range: found {low}..{high}, expected "
+                                     f"{label_offset}..{num_classes - 1 + label_offset}")
+    return np.asarray(labels, dtype=np.int64) - label_offset
 
 
 def _check_batch(path: Path, batch: dict, num_classes: int, label_offset: int) -> tuple[np.ndarray, np.ndarray]:
@@ -51,32 +95,17 @@ def _check_batch(path: Path, batch: dict, num_classes: int, label_offset: int) -
     for key in ("data", "labels"):
         if key not in batch:
             raise DatasetError(path, f"missing key {key!r} (found {sorted(map(str, batch))})")
-    data, labels = batch["data"], batch["labels"]
+    data = batch["data"]
     if not isinstance(data, np.ndarray):
         raise DatasetError(path, f"'data' must be a numpy array, found {type(data).__name__}")
-    if isinstance(labels, (list, tuple)):
-        odd = next((label for label in labels
-                    if isinstance(label, bool) or not isinstance(label, (int, np.integer))), None)
-        if odd is not None:
-            raise DatasetError(path, f"'labels' must be integers, found {odd!r} ({type(odd).__name__})")
-        labels = np.asarray(labels, dtype=np.int64)
-    elif not isinstance(labels, np.ndarray):
-        raise DatasetError(path, f"'labels' must be a list or numpy array of integers, found "
-                                 f"{type(labels).__name__}")
     if data.dtype != np.uint8:
         raise DatasetError(path, f"'data' must be uint8, found {data.dtype}")
     if data.ndim != 2 or data.shape[1] != IMAGE_BYTES:
         raise DatasetError(path, f"'data' must have shape [N, {IMAGE_BYTES}] (3x32x32, CHW), found {data.shape}")
-    if labels.ndim != 1 or labels.shape[0] != data.shape[0]:
+    labels = _labels_array(path, batch["labels"], num_classes, label_offset)
+    if labels.shape[0] != data.shape[0]:
         raise DatasetError(path, f"'labels' must hold one label per image ({data.shape[0]}), found shape "
                                  f"{labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_:
-        raise DatasetError(path, f"'labels' must be integers, found {labels.dtype}")
-    labels = labels.astype(np.int64) - label_offset
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        low, high = labels.min() + label_offset, labels.max() + label_offset
-        raise DatasetError(path, f"labels out of range: found {low}..{high}, expected "
-                                 f"{label_offset}..{num_classes - 1 + label_offset}")
     return data.reshape(-1, 3, 32, 32), labels
 
 
@@ -93,21 +122,13 @@ def read_imagenet32_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def count_batch_images(path: Path) -> int:
     """Images in a batch file, reading as little as the format allows (an npz's labels only)."""
-    if path.suffix == ".npz":
-        if not path.is_file():
-            raise DatasetError(path, "file not found")
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                if "labels" not in archive.files:
-                    raise DatasetError(path, f"missing key 'labels' (found {sorted(archive.files)})")
-                return int(archive["labels"].shape[0])
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
-            raise DatasetError(path, f"not a readable npz archive (truncated or corrupt?): {error}") from None
-    batch = _unpickle(path)
+    batch = _load_npz(path, keys=("labels",)) if path.suffix == ".npz" else _unpickle(path)
     if "labels" not in batch:
         raise DatasetError(path, f"missing key 'labels' (found {sorted(map(str, batch))})")
-    try:
-        return len(batch["labels"])
-    except TypeError:
+    labels = batch["labels"]
+    if isinstance(labels, np.ndarray) and labels.ndim != 1:
+        raise DatasetError(path, f"'labels' must be a 1-d array, one label per image, found shape {labels.shape}")
+    if not isinstance(labels, (list, tuple, np.ndarray)):
         raise DatasetError(path, f"'labels' must be a list or numpy array of integers, found "
-                                 f"{type(batch['labels']).__name__}") from None
+                                 f"{type(labels).__name__}")
+    return len(labels)

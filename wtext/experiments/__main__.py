@@ -13,7 +13,9 @@
 NAME: see `list` (docs/experiments.md maps each to the claim it checks). Every run is trained once per seed into
 OUT/runs/RUN/seed-S; finished ones are skipped and interrupted ones resume from their checkpoint, so a stopped
 sweep continues where it stopped. OUT gets results.md (tables with mean ± std over seeds and a verdict per claim),
-a PNG plot with error bars and results.json (every seed's metrics and the comparisons).
+a PNG plot with error bars and results.json (every seed's metrics and the comparisons). OUT belongs to the first
+experiment run there (OUT/experiment.json): another experiment is refused it, so it cannot replace the results. A
+damaged file in a run's folder is an error naming it: delete that run's folder and the same command retrains it.
 
 Spreading a sweep over machines: start N workers with --worker 1/N ... N/N (or, in a Slurm job array,
 --worker slurm); each trains its share of the (run, seed) jobs into the shared OUT and stops. Then run the same
@@ -32,6 +34,7 @@ from wtext.train import Interrupted, NonFiniteLoss
 from wtext.train.tensorboard_log import summary_writer_class
 
 from .definitions import EXPERIMENTS, SCALES
+from .results_folder import check_owner, claim
 from .sweep import PlanShown, Sweep, WorkerFinished, parse_worker
 
 DEFAULT_SEEDS = {"quick": 3, "paper": 3}
@@ -144,13 +147,20 @@ def main(argv=None) -> int:
     out_dir = Path(args.out or f"results/{args.name}-{args.scale}")
     if out_dir.exists() and not out_dir.is_dir():
         parser.error(f"--out {out_dir} is a file; give a directory")
-    if not args.dry_run:
-        out_dir.mkdir(parents=True, exist_ok=True)
     if args.tensorboard and not args.dry_run:
         try:
             summary_writer_class()
         except ValueError as error:
             parser.error(str(error))
+    try:
+        if args.dry_run:  # a dry run writes nothing, not even the folder's record of its experiment
+            check_owner(out_dir, experiment.name)
+        else:
+            claim(out_dir, experiment.name)
+    except ValueError as error:
+        print(f"wtext.experiments: error: {error}", file=sys.stderr)
+        return 2
+    if args.tensorboard and not args.dry_run:
         print(f"TensorBoard: tensorboard --logdir {out_dir / 'runs'}", flush=True)
     start = time.perf_counter()
     print(f"{experiment.name} ({args.scale} scale, {len(seeds)} seed(s)) -> {out_dir}\nclaim: {experiment.claim}",

@@ -13,12 +13,13 @@ uncertain by tens of percent, and the spread at another scale may differ.
 """
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 
 from .definitions import EXPERIMENTS, SCALES
+from .results_folder import check_owner
+from .run_files import DamagedFile, read_json_object
 from .statistics import MAX_SEEDS, POWER, check_power_options, mean_std, seeds_needed
 from .sweep import PlanShown, Sweep, format_seconds, markdown_table
 
@@ -57,14 +58,15 @@ def pilot_comparisons(path: Path, name: str) -> list[dict]:
     if not results.is_file():
         raise ValueError(f"--pilot {path}: no results.json there (run python -m wtext.experiments {name} "
                          f"--out {path} first, or leave --pilot out to run a pilot)")
+    check_owner(path, name, flag="--pilot", advice=f"give --pilot a results folder of {name}")
+    remedy = f"delete the folder {path} and run the pilot again"
+    payload = read_json_object(results, remedy)
     try:
-        payload = json.loads(results.read_text())
-        comparisons = payload["comparisons"]
         rows = [{"label": str(c["label"]), "differences": [float(d) for d in c["differences"]]}
-                for c in comparisons]
+                for c in payload["comparisons"]]
     except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{results}: not the results.json of a wtext experiment ({error}); delete the folder "
-                         f"and run the pilot again") from None
+        raise DamagedFile(results, f"not the results.json of a wtext experiment ({type(error).__name__}: "
+                                   f"{error})", remedy) from None
     if not rows:
         raise ValueError(f"{results}: the pilot holds no comparisons")
     return rows
