@@ -268,7 +268,7 @@ TORCH_LIBRARY_FRAGMENT(wtext, m) {
   m.def("learned_masked_weights(Tensor weight, Tensor scores, Tensor thresholds, ScalarType? dtype=None) -> Tensor");
   m.def(
       "learned_masked_weights_backward(Tensor grad, Tensor weight, Tensor scores, Tensor thresholds, "
-      "bool[2] output_mask) -> (Tensor?, Tensor?)");
+      "bool[] output_mask) -> (Tensor?, Tensor?)");
   m.def("packed_masked_weights(Tensor weight, Tensor bits, ScalarType? dtype=None) -> Tensor");
   m.def("packed_masked_weights_backward(Tensor grad, Tensor weight, Tensor bits) -> Tensor");
 }

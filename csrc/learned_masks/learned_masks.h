@@ -21,6 +21,7 @@
 #include <type_traits>
 
 #include "mask/mask_hash.h"
+#include "masked_layer/output_mask.h"
 
 namespace wtext {
 
@@ -137,8 +138,10 @@ void register_learned_mask_ops(torch::Library& m) {
   });
   m.impl("learned_masked_weights_backward",
          [](const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& scores, const at::Tensor& thresholds,
-            std::array<bool, 2> output_mask) {
-           return learned_masked_weights_backward_op(kernels, grad, weight, scores, thresholds, output_mask);
+            const c10::List<bool>& output_mask) {
+           return learned_masked_weights_backward_op(
+               kernels, grad, weight, scores, thresholds,
+               output_mask_pair("learned_masked_weights_backward", output_mask));
          });
   m.impl("packed_masked_weights",
          [](const at::Tensor& weight, const at::Tensor& bits, std::optional<at::ScalarType> dtype) {

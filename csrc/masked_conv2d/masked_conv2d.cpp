@@ -180,7 +180,7 @@ TORCH_LIBRARY_FRAGMENT(wtext, m) {
   m.def(
       "masked_conv2d_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? masked_weight, int seed, int layer, "
       "float density, str pattern, int nm_n, int nm_m, int[2] stride, int[2] padding, int[2] dilation, "
-      "bool[2] output_mask) -> (Tensor?, Tensor?)");
+      "bool[] output_mask) -> (Tensor?, Tensor?)");
 }
 
 // The bodies only call other ops (the mask kernels of x's device, then the backend's convolution), so one
@@ -189,7 +189,15 @@ TORCH_LIBRARY_FRAGMENT(wtext, m) {
 TORCH_LIBRARY_IMPL(wtext, CompositeExplicitAutograd, m) {
   m.impl("masked_conv2d", &masked_conv2d);
   m.impl("masked_conv2d_forward", &masked_conv2d_forward);
-  m.impl("masked_conv2d_backward", &masked_conv2d_backward);
+  m.impl("masked_conv2d_backward",
+         [](const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+            const std::optional<at::Tensor>& masked_weight, int64_t seed, int64_t layer, double density,
+            c10::string_view pattern, int64_t nm_n, int64_t nm_m, at::IntArrayRef stride, at::IntArrayRef padding,
+            at::IntArrayRef dilation, const c10::List<bool>& output_mask) {
+           return masked_conv2d_backward(grad_out, x, weight, masked_weight, seed, layer, density, pattern, nm_n,
+                                         nm_m, stride, padding, dilation,
+                                         output_mask_pair("masked_conv2d_backward", output_mask));
+         });
 }
 
 constexpr char kMaskedConv2d[] = "wtext::masked_conv2d";

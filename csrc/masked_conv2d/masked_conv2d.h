@@ -43,6 +43,13 @@ using MaskedConv2dBackwardSignature = Result(const at::Tensor& grad_out, const a
                                              int64_t nm_m, at::IntArrayRef stride, at::IntArrayRef padding,
                                              at::IntArrayRef dilation, std::array<bool, 2> output_mask);
 
+// masked_conv2d_backward as registered (output_mask a list, checked by output_mask_pair).
+using MaskedConv2dBackwardOpSignature =
+    LayerGradients(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                   const std::optional<at::Tensor>& masked_weight, int64_t seed, int64_t layer, double density,
+                   c10::string_view pattern, int64_t nm_n, int64_t nm_m, at::IntArrayRef stride,
+                   at::IntArrayRef padding, at::IntArrayRef dilation, const c10::List<bool>& output_mask);
+
 MaskedConv2dSignature<at::Tensor> masked_conv2d;
 MaskedConv2dSignature<std::tuple<at::Tensor, at::Tensor>> masked_conv2d_forward;
 MaskedConv2dBackwardSignature<LayerGradients> masked_conv2d_backward;

@@ -40,7 +40,7 @@ class MaskedConv2dFunction : public torch::autograd::Function<MaskedConv2dFuncti
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    static const auto op = typed_op<MaskedConv2dBackwardSignature<LayerGradients>>("wtext::masked_conv2d_backward");
+    static const auto op = typed_op<MaskedConv2dBackwardOpSignature>("wtext::masked_conv2d_backward");
     const at::Tensor& grad_out = grad_outputs[0];
     auto& data = ctx->saved_data;
     const std::vector<int64_t> stride = data["stride"].toIntVector();

@@ -50,7 +50,7 @@ std::tuple<at::Tensor, at::Tensor> run_backward_op(torch::autograd::AutogradCont
   const auto call = [&] {
     return op.call(grad_out, saved[0], saved[1], optional_if_defined(saved[2]), data["seed"].toInt(),
                    data["layer"].toInt(), data["density"].toDouble(), pattern, data["nm_n"].toInt(),
-                   data["nm_m"].toInt(), rest..., output_mask);
+                   data["nm_m"].toInt(), rest..., c10::List<bool>({output_mask[0], output_mask[1]}));
   };
   LayerGradients gradients;
   if (at::GradMode::is_enabled()) {

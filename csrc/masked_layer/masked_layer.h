@@ -12,6 +12,7 @@
 #include <string>
 #include <tuple>
 
+#include "masked_layer/output_mask.h"
 #include "tied_masked_weights/tied_masked_weights.h"
 
 namespace wtext {

@@ -98,7 +98,7 @@ TORCH_LIBRARY_FRAGMENT(wtext, m) {
       "int nm_n, int nm_m) -> (Tensor, Tensor)");
   m.def(
       "masked_linear_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? masked_weight, int seed, int layer, "
-      "float density, str pattern, int nm_n, int nm_m, bool[2] output_mask) -> (Tensor?, Tensor?)");
+      "float density, str pattern, int nm_n, int nm_m, bool[] output_mask) -> (Tensor?, Tensor?)");
 }
 
 // The bodies only call other ops (the mask kernels of x's device, then the backend's GEMM), so one
@@ -107,7 +107,13 @@ TORCH_LIBRARY_FRAGMENT(wtext, m) {
 TORCH_LIBRARY_IMPL(wtext, CompositeExplicitAutograd, m) {
   m.impl("masked_linear", &masked_linear);
   m.impl("masked_linear_forward", &masked_linear_forward);
-  m.impl("masked_linear_backward", &masked_linear_backward);
+  m.impl("masked_linear_backward",
+         [](const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+            const std::optional<at::Tensor>& masked_weight, int64_t seed, int64_t layer, double density,
+            c10::string_view pattern, int64_t nm_n, int64_t nm_m, const c10::List<bool>& output_mask) {
+           return masked_linear_backward(grad_out, x, weight, masked_weight, seed, layer, density, pattern, nm_n,
+                                         nm_m, output_mask_pair("masked_linear_backward", output_mask));
+         });
 }
 
 constexpr char kMaskedLinear[] = "wtext::masked_linear";

@@ -28,6 +28,12 @@ using MaskedLinearBackwardSignature = Result(const at::Tensor& grad_out, const a
                                              int64_t layer, double density, c10::string_view pattern, int64_t nm_n,
                                              int64_t nm_m, std::array<bool, 2> output_mask);
 
+// masked_linear_backward as registered (output_mask a list, checked by output_mask_pair).
+using MaskedLinearBackwardOpSignature =
+    LayerGradients(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                   const std::optional<at::Tensor>& masked_weight, int64_t seed, int64_t layer, double density,
+                   c10::string_view pattern, int64_t nm_n, int64_t nm_m, const c10::List<bool>& output_mask);
+
 MaskedLinearSignature<at::Tensor> masked_linear;
 MaskedLinearSignature<std::tuple<at::Tensor, at::Tensor>> masked_linear_forward;
 MaskedLinearBackwardSignature<LayerGradients> masked_linear_backward;

@@ -36,7 +36,7 @@ class MaskedLinearFunction : public torch::autograd::Function<MaskedLinearFuncti
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    static const auto op = typed_op<MaskedLinearBackwardSignature<LayerGradients>>("wtext::masked_linear_backward");
+    static const auto op = typed_op<MaskedLinearBackwardOpSignature>("wtext::masked_linear_backward");
     const at::Tensor& grad_out = grad_outputs[0];
     auto [grad_x, grad_weight] = run_backward_op(ctx, op, grad_out);
     // Every dimension but the last (the output features) is a batch dimension.

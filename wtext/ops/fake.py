@@ -55,11 +55,19 @@ def _masked_conv2d_forward_fake(x, weight, bias, *args):
     return _masked_conv2d_fake(x, weight, bias, *args), _like_x(x, weight.shape)
 
 
+def _output_mask_pair(op: str, output_mask) -> list:
+    """A backward op's output_mask, refused as its C++ kernel refuses it (output_mask_pair) when it is not 2 long."""
+    if len(output_mask) != 2:
+        raise RuntimeError(f"{op}: output_mask must hold 2 bools (which of the two gradients to return); got "
+                           f"{len(output_mask)}")
+    return output_mask
+
+
 # A backward op's last argument is output_mask: which of (grad_x, grad_weight) it returns.
 @torch.library.register_fake("wtext::masked_conv2d_backward")
 def _masked_conv2d_backward_fake(grad_out, x, weight, *args):
+    output_mask = _output_mask_pair("masked_conv2d_backward", args[-1])
     _C.check_masked_conv2d_backward(grad_out, x, weight, *args)
-    output_mask = args[-1]
     return _like_x(x, x.shape) if output_mask[0] else None, weight.new_empty(weight.shape) if output_mask[1] else None
 
 
@@ -75,8 +83,8 @@ def _masked_linear_forward_fake(x, weight, bias, *args):
 
 @torch.library.register_fake("wtext::masked_linear_backward")
 def _masked_linear_backward_fake(grad_out, x, weight, *args):
+    output_mask = _output_mask_pair("masked_linear_backward", args[-1])
     _C.check_masked_linear_backward(grad_out, x, weight, *args)
-    output_mask = args[-1]
     return x.new_empty(x.shape) if output_mask[0] else None, weight.new_empty(weight.shape) if output_mask[1] else None
 
 
@@ -106,6 +114,7 @@ def _learned_masked_weights_fake(weight, scores, thresholds, dtype=None):
 
 @torch.library.register_fake("wtext::learned_masked_weights_backward")
 def _learned_masked_weights_backward_fake(grad, weight, scores, thresholds, output_mask):
+    _output_mask_pair("learned_masked_weights_backward", output_mask)
     _C.check_learned_masked_weights_backward(grad, weight, scores, thresholds, output_mask)
     return (weight.new_empty(weight.shape) if output_mask[0] else None,
             scores.new_empty(scores.shape) if output_mask[1] else None)
