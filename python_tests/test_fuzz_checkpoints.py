@@ -24,6 +24,7 @@ from wtext.train import TrainConfig
 from wtext.train.__main__ import main
 from wtext.train.run_dir import settings_for_evaluation
 
+from cli_verdicts import classify_command
 from test_fuzz_cli_data import FAST
 
 BAD_OPTION = 2  # the exit status of a bad option, file or checkpoint (wtext.train.__main__)
@@ -188,20 +189,7 @@ def option_cases(folder):
 
 
 def classify_cli(argv, words, status, capsys) -> tuple[str, str]:
-    try:
-        code = main([*FAST, *argv])
-    except SystemExit as exit:
-        code = exit.code
-    except BaseException as error:  # noqa: BLE001 (anything escaping main is the finding)
-        return "crash", f"{type(error).__name__}: {error}"[:300]
-    err = capsys.readouterr().err
-    message = [line for line in err.splitlines() if line.strip()]
-    last = message[-1] if message else ""
-    if code == 0:
-        return "wrong", "exit 0"
-    if code != status or "Traceback" in err or not all(word in last for word in words):
-        return "unclear", f"exit {code}: {last[:300]}"
-    return "clear", last[:300]
+    return classify_command(main, [*FAST, *argv], words, capsys, status=status)
 
 
 def test_every_damaged_checkpoint_is_a_clear_one_line_error(trained, capsys):

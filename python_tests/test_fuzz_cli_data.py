@@ -20,6 +20,7 @@ import torch
 from wtext.data import DatasetError, load_dataset
 from wtext.train.__main__ import main
 
+from cli_verdicts import classify_command
 from test_data import write_cifar, write_imagenet32
 
 # Appended to every command line: a bad option that is wrongly accepted trains for a second, not two minutes.
@@ -124,20 +125,7 @@ def cli_cases(tmp):
 
 
 def classify_cli(argv, words, capsys) -> tuple[str, str]:
-    try:
-        code = main([*FAST, *argv])
-    except SystemExit as exit:
-        code = exit.code
-    except BaseException as error:  # noqa: BLE001 (anything escaping main is the finding)
-        return "crash", f"{type(error).__name__}: {error}"
-    err = capsys.readouterr().err
-    message = [line for line in err.splitlines() if line.strip()]
-    last = message[-1] if message else ""
-    if code == 0:
-        return "wrong", "exit 0"
-    if "Traceback" in err or not all(word in last for word in words):
-        return "unclear", last[:160]
-    return "clear", last[:160]
+    return classify_command(main, [*FAST, *argv], words, capsys)
 
 
 def test_every_bad_command_line_is_a_clear_one_line_error(tmp_path, capsys):

@@ -21,6 +21,8 @@ import pytest
 from wtext.experiments import sweep
 from wtext.experiments.__main__ import main
 
+from cli_verdicts import classify_command
+
 # One seed of the masks experiment: 6 runs, whose tables read only summary.json and metrics.jsonl.
 ARGV = ["masks", "--seeds", "1", "--epochs", "2", "--device", "cpu"]
 RUN = Path("runs") / "resnet-same" / "seed-0"
@@ -100,20 +102,7 @@ def damage(path: Path, content) -> None:
 
 
 def classify(argv, words, capsys) -> tuple[str, str]:
-    capsys.readouterr()
-    try:
-        code = main(argv)
-    except SystemExit as exit:
-        code = exit.code
-    except BaseException as error:  # noqa: BLE001 (anything escaping main is the finding)
-        return "crash", f"{type(error).__name__}: {error}"[:200]
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    if code == 0:
-        return "wrong", "exit 0"
-    if code != 2 or len(lines) != 1 or "Traceback" in err or not all(word in lines[0] for word in words):
-        return "unclear", f"exit {code}: {lines[-1] if lines else ''}"[:200]
-    return "clear", lines[0][:200]
+    return classify_command(main, argv, words, capsys, status=2, one_line=True)
 
 
 def test_every_damaged_run_file_is_a_clear_error_naming_it(tmp_path, instant_training, capsys):
