@@ -5,19 +5,24 @@ infinities. Checkpoints and LoRA adapter files use all three; each caller words 
 import os
 import pickle
 import re
+import secrets
 from pathlib import Path
 
 import torch
 
 
 def write_atomic(path: str | Path, write) -> None:
-    """Calls write(handle) on path.tmp, fsyncs, then renames over path: a crash leaves the old or the new file,
-    never half of one."""
+    """Calls write(handle) on a temporary file beside path, fsyncs, then renames it over path: a crash leaves the
+    old or the new file, never half of one. The temporary file's name is unique, so processes writing the same path
+    at once (the workers of a sweep) never write into, or remove, one another's."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # O_EXCL: a name taken is an error, not a shared file; mode 0o666 under the umask, as open() would create it
+    # (tempfile.mkstemp would make every checkpoint and result readable by its owner alone).
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with temporary.open("wb") as handle:
+        with os.fdopen(descriptor, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())

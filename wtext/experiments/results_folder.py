@@ -6,10 +6,10 @@ records its name there; any other is refused. The same experiment again is welco
 """
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
+
+from wtext.safe_files import write_text_atomic
 
 from .run_files import DamagedFile, read_json_object
 
@@ -59,13 +59,5 @@ def claim(out_dir: Path, name: str) -> None:
     marker = out_dir / MARKER
     if marker.is_file():
         return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # Workers of one sweep start together: each writes a temporary file of its own and renames it into place, so
-    # none sees a half-written record and none removes another's temporary file.
-    handle, temporary = tempfile.mkstemp(dir=out_dir, prefix=f".{MARKER}.")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(json.dumps({"experiment": name}) + "\n")
-        os.replace(temporary, marker)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+    # Workers of one sweep start together: each writes its own temporary file and renames it into place.
+    write_text_atomic(marker, json.dumps({"experiment": name}) + "\n")
