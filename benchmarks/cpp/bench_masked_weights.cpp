@@ -131,16 +131,18 @@ int run(const Options& options) {
 
   auto forward = c10::Dispatcher::singleton()
                      .findSchemaOrThrow("wtext::tied_masked_weights", "")
-                     .typed<at::Tensor(const at::Tensor&, at::IntArrayRef, int64_t, double, c10::string_view, int64_t,
+                     .typed<at::Tensor(const at::Tensor&, at::IntArrayRef, int64_t, const c10::Scalar&, c10::string_view, int64_t,
                                        int64_t, c10::string_view, std::optional<at::ScalarType>)>();
   auto backward = c10::Dispatcher::singleton()
                       .findSchemaOrThrow("wtext::tied_masked_weights_backward", "")
-                      .typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef, int64_t, double,
+                      .typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef, int64_t, const c10::Scalar&,
                                         c10::string_view, int64_t, int64_t, c10::string_view)>();
 
+  // The ops take density as a Scalar (so they can refuse a bool); the binary always passes a real number.
+  const c10::Scalar density(options.density);
   const double wtext_ms = time_ms(options, [&] {
-    forward.call(weight, layers, 1, options.density, options.pattern, 2, 4, "multi", std::nullopt);
-    backward.call(grad, weight, layers, 1, options.density, options.pattern, 2, 4, "multi");
+    forward.call(weight, layers, 1, density, options.pattern, 2, 4, "multi", std::nullopt);
+    backward.call(grad, weight, layers, 1, density, options.pattern, 2, 4, "multi");
   });
   const double aten_ms = time_ms(options, [&] {
     // Masks drawn on the device per call (what wtext replaces), then the forward product and the gradient sum.
