@@ -4,11 +4,14 @@ by that role in resumption, evaluation, fusion and sweeps, with no other edit.""
 import dataclasses
 import json
 
+import pytest
+
 from wtext.experiments.sweep import Sweep, estimate_key
+from wtext.json_files import DamagedFile
 from wtext.train import Role, TrainConfig, options_with
 from wtext.train.config import option
 from wtext.train.fusion_groups import describe_member, explain_groups, group_for_fusion
-from wtext.train.run_dir import changed_options, same_config, settings_for_evaluation
+from wtext.train.run_dir import changed_options, finished_summary, same_config, settings_for_evaluation
 
 TINY = dict(model="resnet-tiny", width=8, depth=2, synthetic_train=64, synthetic_test=32, batch_size=32, epochs=1,
             device="cpu", progress=False)
@@ -74,3 +77,18 @@ def test_sweeps_follow_the_role(tmp_path):
     assert jobs["a"].member_knob == 1.0 and jobs["b"].member_knob == 2.0  # any other: a run's own value wins
     assert estimate_key(jobs["b"]) == estimate_key(dataclasses.replace(jobs["b"], note="cost-free"))
     assert estimate_key(jobs["b"]) != estimate_key(dataclasses.replace(jobs["b"], member_knob=7.0))
+
+
+def test_a_damaged_run_file_is_named_where_training_reads_it(tmp_path):
+    # Fused training skips a finished run by this rule (the experiments' sweeps too): a summary.json or config.json
+    # cut short must be an error naming the file and the remedy, not a bare JSON error.
+    config = WithNewOptions(**TINY, run_dir=str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(config)))
+    (tmp_path / "summary.json").write_text('{"epochs": ')
+    with pytest.raises(DamagedFile, match=r"summary\.json: is not valid JSON .*delete the folder"):
+        finished_summary(config)
+    (tmp_path / "summary.json").write_text(json.dumps({"epochs": config.epochs}))
+    assert finished_summary(config) == {"epochs": config.epochs}
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(DamagedFile, match=r"config\.json: holds a JSON list, not a JSON object"):
+        finished_summary(config)

@@ -261,7 +261,21 @@ def lora_cases(folder):
     nan_factor = adapter_file(folder / "nan", fill("cells.0.conv1.lora.A", float("nan")))
     inf_head = adapter_file(folder / "inf", fill("head.weight", float("inf")))
     huge = lora.LoRAConfig(rank=10**9)
+    diverged, kept = base_model(), folder / "kept.pt"
+    lora.inject(diverged, lora.LoRAConfig(rank=2))
+    kept.write_bytes(b"an older adapter")
+    with torch.no_grad():
+        next(iter(lora.adapters(diverged).values()))[1].A.fill_(float("inf"))
+
+    def save_diverged():  # refused, and the older file at the path kept
+        try:
+            lora.save_adapter(diverged, kept)
+        finally:
+            assert kept.read_bytes() == b"an older adapter", "the older file was replaced"
+
     return [
+        ("save_adapter: infinite factor", save_diverged,
+         [f"cannot save the adapter to {kept}", "NaN or infinite values in", ".lora.A (1 of", "nothing was written"]),
         ("load_adapter: NaN factor", lambda: lora.load_adapter(base_model(), nan_factor),
          [str(nan_factor), "adapter tensors are not finite", "cells.0.conv1.lora.A (1 of"]),
         ("read_adapter: NaN factor", lambda: lora.read_adapter(nan_factor), [str(nan_factor), "cells.0.conv1.lora.A"]),

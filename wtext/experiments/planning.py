@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .definitions import EXPERIMENTS, SCALES
 from .results_folder import check_owner
-from .run_files import DamagedFile, read_json_object
+from wtext.json_files import DamagedFile, read_json_object
 from .statistics import MAX_SEEDS, POWER, check_power_options, mean_std, seeds_needed
 from .sweep import PlanShown, Sweep, format_seconds, markdown_table
 

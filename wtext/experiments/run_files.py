@@ -1,89 +1,18 @@
-"""Reading the JSON files an experiment keeps in its results folder: each run's config.json, summary.json and
-metrics.jsonl (OUT/runs/RUN/seed-S), the folder's experiment.json, a pilot's results.json. Every read goes through
-here, so that a damaged file is an error naming it and saying what to do, never a bare JSON error or a traceback.
-
-These files outlive the process that wrote them: a run killed mid-write, a full disk, a hand edit or a sync tool can
-leave one empty, cut short or holding something else. For a run's files the way out is always the same: delete that
-run's folder, and the same command trains the run again (every other run is kept).
+"""Reading a finished run of an experiment (OUT/runs/RUN/seed-S): its summary.json and metrics.jsonl, checked to hold
+what the tables, verdicts and plots read. A damaged file is an error naming it (wtext.json_files); for a run's files
+the way out is always the same: delete that run's folder, and the same command trains the run again (every other
+run is kept).
 """
 
-import json
 from pathlib import Path
+
+from wtext.json_files import DamagedFile, read_json_lines
+from wtext.train.run_dir import read_run_summary, run_remedy
 
 # What every finished run's summary.json holds, and every record of its metrics.jsonl: the entries the experiments'
 # tables, verdicts and plots read.
 SUMMARY_KEYS = ("parameters", "effective_parameters", "epochs", "best_test_accuracy", "final_test_accuracy")
 RECORD_KEYS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "time_s")
-
-
-class DamagedFile(ValueError):
-    """A results file that cannot be used as it is; the message names it, the problem and the remedy."""
-
-    def __init__(self, path: Path, problem: str, remedy: str):
-        super().__init__(f"{path}: {problem}; {remedy}")
-        self.path, self.problem, self.remedy = Path(path), problem, remedy
-
-
-def _json_kind(value) -> str:
-    kinds = {list: "a JSON list", str: "a JSON string", bool: "a JSON boolean", int: "a JSON number",
-             float: "a JSON number", type(None): "JSON null"}
-    return kinds.get(type(value), type(value).__name__)
-
-
-def _read_text(path: Path, remedy: str) -> str | None:
-    if not path.exists() and not path.is_symlink():
-        return None
-    if not path.is_file():
-        raise DamagedFile(path, "is not a regular file", remedy)
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise DamagedFile(path, f"cannot be read ({error})", remedy) from None
-
-
-def _parse_object(path: Path, text: str, remedy: str, where: str = ""):
-    """The JSON object in `text` (one file, or one line of a .jsonl file: `where` says which)."""
-    if not text.strip():
-        raise DamagedFile(path, f"{where}is empty", remedy)
-    try:
-        value = json.loads(text)
-    except ValueError as error:  # json.JSONDecodeError
-        raise DamagedFile(path, f"{where}is not valid JSON ({error})", remedy) from None
-    except RecursionError:  # thousands of nested brackets
-        raise DamagedFile(path, f"{where}is not valid JSON (nested too deeply)", remedy) from None
-    if not isinstance(value, dict):
-        raise DamagedFile(path, f"{where}holds {_json_kind(value)}, not a JSON object", remedy)
-    return value
-
-
-def read_json_object(path: Path, remedy: str) -> dict | None:
-    """The JSON object in the file at `path`, or None when there is no file there. remedy: what the error tells the
-    user to do about a damaged file."""
-    text = _read_text(path, remedy)
-    return None if text is None else _parse_object(path, text, remedy)
-
-
-def read_json_lines(path: Path, remedy: str) -> list[dict] | None:
-    """The JSON objects of a .jsonl file, one a line (blank lines skipped), or None when there is no file there."""
-    text = _read_text(path, remedy)
-    if text is None:
-        return None
-    return [_parse_object(path, line, remedy, where=f"line {number} ")
-            for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
-
-
-def run_remedy(run_dir: Path) -> str:
-    return f"delete the folder {run_dir} and run the same command again to train that run anew"
-
-
-def read_run_config(run_dir: Path) -> dict | None:
-    """The options a run was trained with (its config.json), or None before it was started."""
-    return read_json_object(run_dir / "config.json", run_remedy(run_dir))
-
-
-def read_run_summary(run_dir: Path) -> dict | None:
-    """A run's summary.json, or None before it finished."""
-    return read_json_object(run_dir / "summary.json", run_remedy(run_dir))
 
 
 def read_finished_run(run_dir: Path) -> tuple[dict, list[dict]]:

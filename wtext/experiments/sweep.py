@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 from wtext.train import Role, TrainConfig, options_with, run
-from wtext.train.run_dir import changed_options
+from wtext.train.run_dir import finished_summary, same_config
 
-from .run_files import read_finished_run, read_run_config, read_run_summary
+from .run_files import read_finished_run
 
 
 class PlanShown(Exception):
@@ -50,19 +50,10 @@ def run_dir_of(out_dir: Path, name: str, seed: int) -> Path:
     return out_dir / "runs" / name / f"seed-{seed}"
 
 
-def same_options(run_dir: Path, config: TrainConfig) -> bool:
-    """Whether run_dir/config.json was written for these options (up to those a resumption may change)."""
-    saved = read_run_config(run_dir)
-    return saved is not None and not changed_options(saved, config)
-
-
 def finished(job: Job) -> bool:
-    """Whether the job's run directory holds a finished run of its options and epochs (the rule of
-    wtext.train.run_dir.finished_summary, with its files read by run_files: a damaged one is an error naming it)."""
-    run_dir = Path(job.config.run_dir)
-    summary = read_run_summary(run_dir)
-    return (summary is not None and same_options(run_dir, job.config)
-            and summary.get("epochs") == job.config.epochs)
+    """Whether the job's run directory holds a finished run of its options and epochs (the rule training itself
+    skips a run by; a damaged file there is an error naming it)."""
+    return finished_summary(job.config) is not None
 
 
 def load_result(job: Job) -> dict:
@@ -74,7 +65,7 @@ def load_result(job: Job) -> dict:
 def resumable(job: Job) -> bool:
     """Whether the job's run directory holds a checkpoint of the same options to continue from."""
     run_dir = Path(job.config.run_dir)
-    return (run_dir / "checkpoint.pt").is_file() and same_options(run_dir, job.config)
+    return (run_dir / "checkpoint.pt").is_file() and same_config(run_dir, job.config)
 
 
 def train_job(job: Job) -> None:

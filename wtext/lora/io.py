@@ -21,9 +21,16 @@ VERSION = 1
 
 def save_adapter(model: nn.Module, path: str | Path) -> None:
     """Writes the model's adapter config and adapter_state_dict() (on the CPU) to `path`: to a temporary file in
-    the same folder first, then renamed over `path`, so a crash leaves the old file or the new one, never half."""
+    the same folder first, then renamed over `path`, so a crash leaves the old file or the new one, never half.
+    Adapters holding NaN or infinite values are refused (ValueError) and nothing is written: read_adapter would
+    refuse the file, and an older good file at `path` is kept."""
     config = lora_config(model)
     tensors = {key: value.cpu().clone() for key, value in adapter_state_dict(model).items()}  # own, minimal storage
+    bad = non_finite_tensors(tensors)
+    if bad:
+        raise ValueError(f"cannot save the adapter to {path}: NaN or infinite values in {listing(bad)} ({len(bad)} "
+                         f"of {len(tensors)} tensors; training diverged: a lower learning rate may help); nothing "
+                         f"was written")
     payload = {"format": FORMAT, "version": VERSION, "config": config.to_dict(), "tensors": tensors}
     write_atomic(path, lambda handle: torch.save(payload, handle))
 

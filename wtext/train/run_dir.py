@@ -7,6 +7,7 @@ import json
 from collections.abc import Collection
 from pathlib import Path
 
+from wtext.json_files import read_json_object
 from wtext.safe_files import write_text_atomic
 
 from .config import Role, TrainConfig, options_with, upgrade_saved_options
@@ -33,19 +34,34 @@ def changed_options(saved: dict, config: TrainConfig) -> list[str]:
     return sorted(k for k in current if k not in resumable and saved.get(k, defaults[k]) != current[k])
 
 
+def run_remedy(run_dir: Path) -> str:
+    """What to do about a run's damaged config.json or summary.json."""
+    return f"delete the folder {run_dir} and run the same command again to train that run anew"
+
+
+def read_run_config(run_dir: Path) -> dict | None:
+    """The options a run was trained with (its config.json), or None before it was started. A damaged file is a
+    wtext.json_files.DamagedFile naming it."""
+    return read_json_object(run_dir / "config.json", run_remedy(run_dir))
+
+
+def read_run_summary(run_dir: Path) -> dict | None:
+    """A run's summary.json, or None before it finished. A damaged file is a DamagedFile naming it."""
+    return read_json_object(run_dir / "summary.json", run_remedy(run_dir))
+
+
 def same_config(run_dir: Path, config: TrainConfig) -> bool:
     """Whether run_dir/config.json was written for these options (up to those a resumption may change)."""
-    path = run_dir / "config.json"
-    return path.is_file() and not changed_options(json.loads(path.read_text()), config)
+    saved = read_run_config(run_dir)
+    return saved is not None and not changed_options(saved, config)
 
 
 def finished_summary(config: TrainConfig) -> dict | None:
     """The summary of a run finished before in config.run_dir with the same options and epochs, or None."""
     run_dir = Path(config.run_dir)
-    path = run_dir / "summary.json"
-    if not path.is_file() or not same_config(run_dir, config):
+    summary = read_run_summary(run_dir)
+    if summary is None or not same_config(run_dir, config):
         return None
-    summary = json.loads(path.read_text())
     return summary if summary.get("epochs") == config.epochs else None
 
 
