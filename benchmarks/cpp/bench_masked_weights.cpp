@@ -129,16 +129,17 @@ int run(const Options& options) {
   std::vector<int64_t> layers(options.layers);
   for (int64_t l = 0; l < options.layers; ++l) layers[l] = l;
 
+  // density is a Scalar in both schemas (so the ops can refuse a bool); this binary always passes a real number.
+  using DensityScalar = const c10::Scalar&;
   auto forward = c10::Dispatcher::singleton()
                      .findSchemaOrThrow("wtext::tied_masked_weights", "")
-                     .typed<at::Tensor(const at::Tensor&, at::IntArrayRef, int64_t, const c10::Scalar&, c10::string_view, int64_t,
-                                       int64_t, c10::string_view, std::optional<at::ScalarType>)>();
+                     .typed<at::Tensor(const at::Tensor&, at::IntArrayRef, int64_t, DensityScalar, c10::string_view,
+                                       int64_t, int64_t, c10::string_view, std::optional<at::ScalarType>)>();
   auto backward = c10::Dispatcher::singleton()
                       .findSchemaOrThrow("wtext::tied_masked_weights_backward", "")
-                      .typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef, int64_t, const c10::Scalar&,
+                      .typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef, int64_t, DensityScalar,
                                         c10::string_view, int64_t, int64_t, c10::string_view)>();
 
-  // The ops take density as a Scalar (so they can refuse a bool); the binary always passes a real number.
   const c10::Scalar density(options.density);
   const double wtext_ms = time_ms(options, [&] {
     forward.call(weight, layers, 1, density, options.pattern, 2, 4, "multi", std::nullopt);

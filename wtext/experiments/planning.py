@@ -17,9 +17,10 @@ import math
 import sys
 from pathlib import Path
 
+from wtext.json_files import DamagedFile, read_json_object
+
 from .definitions import EXPERIMENTS, SCALES
 from .results_folder import check_owner
-from wtext.json_files import DamagedFile, read_json_object
 from .statistics import MAX_SEEDS, POWER, check_power_options, mean_std, seeds_needed
 from .sweep import PlanShown, Sweep, format_seconds, markdown_table
 

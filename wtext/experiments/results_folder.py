@@ -9,9 +9,8 @@ import json
 import re
 from pathlib import Path
 
-from wtext.safe_files import write_text_atomic
-
 from wtext.json_files import DamagedFile, read_json_object
+from wtext.safe_files import write_text_atomic
 
 MARKER = "experiment.json"
 # The first line of results.md, as __main__ writes it: how folders from before experiment.json name their owner.
